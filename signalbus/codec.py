@@ -1,0 +1,375 @@
+"""Events to bytes and back: the msgpack envelope, and the type and sender registries.
+
+An event on the wire is one msgpack array::
+
+    [version, token, seq, channel, sender, kwargs, timestamp, origin]
+
+``token`` (8 random bytes) names the bus that sent it and comes first, at a fixed
+offset, so a bus can recognise its own events from the first bytes without decoding.
+The event id is ``token.hex()-seq``. Values msgpack does not know travel as
+extension types. Decoding never imports or unpickles anything: a dataclass or
+pydantic model is revived only when its class is already loaded in the receiving
+process, and a registered type only when that process registered it; otherwise the
+value arrives in its plain wire form (a dict, or what ``encode`` returned), as an
+unregistered sender arrives as its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import functools
+import sys
+import threading
+import types
+import typing as t
+import uuid
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import msgpack
+
+from .errors import ConfigurationError, DecodingError, EncodingError, MessageTooLargeError
+
+__all__ = ["ENVELOPE_VERSION", "Codec", "Envelope"]
+
+ENVELOPE_VERSION = 1
+TOKEN_SIZE = 8
+# fixarray of 8, the version, bin8 of TOKEN_SIZE: what every envelope starts with.
+ENVELOPE_HEAD = bytes([0x98, ENVELOPE_VERSION, 0xC4, TOKEN_SIZE])
+MAX_EXT_DEPTH = 32
+
+
+class Ext(enum.IntEnum):
+    """msgpack extension codes for the values msgpack does not carry natively."""
+
+    TUPLE = 1
+    SET = 2
+    FROZENSET = 3
+    DATETIME = 4
+    DATE = 5
+    TIME = 6
+    TIMEDELTA = 7
+    UUID = 8
+    DECIMAL = 9
+    DATACLASS = 10
+    MODEL = 11
+    REGISTERED = 12
+    SENDER = 13
+
+
+class Envelope(NamedTuple):
+    """One decoded event."""
+
+    token: bytes
+    seq: int
+    channel: str
+    sender: Any
+    kwargs: dict[str, Any]
+    timestamp: float
+    origin: str
+
+    @property
+    def id(self) -> str:
+        return event_id(self.token.hex(), self.seq)
+
+
+def event_id(token_hex: str, seq: int) -> str:
+    """The id of the ``seq``-th event sent by the bus whose token is ``token_hex``."""
+    return f"{token_hex}-{seq}"
+
+
+class _RegisteredType(NamedTuple):
+    name: str
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+class _Unencodable(TypeError):
+    def __init__(self, value: Any) -> None:
+        super().__init__(f"cannot encode a value of type {_type_name(type(value))}")
+        self.value = value
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _class_key(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+_PLAIN_SENDER_TYPES = (str, int)
+_BUILTIN_BASES = (str, bytes, int, float, dict, list)
+
+
+class Codec:
+    """Turns events into bytes and back, for one bus.
+
+    Thread-safe: registrations take a lock, encoding and decoding share no state
+    but the registries.
+    """
+
+    def __init__(self, *, max_message_size: int) -> None:
+        self.max_message_size = max_message_size
+        self._lock = threading.Lock()
+        self._sender_names: dict[int, str] = {}
+        self._senders_by_name: dict[str, Any] = {}
+        self._types_by_class: dict[type, _RegisteredType] = {}
+        self._types_by_name: dict[str, _RegisteredType] = {}
+        self._classes: dict[str, type] = {}
+        self._encoders: dict[type, Callable[[Any], msgpack.ExtType]] = {
+            tuple: lambda v: self._ext(Ext.TUPLE, list(v)),
+            set: lambda v: self._ext(Ext.SET, list(v)),
+            frozenset: lambda v: self._ext(Ext.FROZENSET, list(v)),
+            datetime.datetime: lambda v: msgpack.ExtType(Ext.DATETIME, v.isoformat().encode()),
+            datetime.date: lambda v: msgpack.ExtType(Ext.DATE, v.isoformat().encode()),
+            datetime.time: lambda v: msgpack.ExtType(Ext.TIME, v.isoformat().encode()),
+            datetime.timedelta: lambda v: self._ext(
+                Ext.TIMEDELTA, [v.days, v.seconds, v.microseconds]
+            ),
+            uuid.UUID: lambda v: msgpack.ExtType(Ext.UUID, v.bytes),
+            decimal.Decimal: lambda v: msgpack.ExtType(Ext.DECIMAL, str(v).encode()),
+        }
+        self._decoders: dict[int, Callable[[bytes, Callable[[bytes], Any]], Any]] = {
+            Ext.TUPLE: lambda p, unpack: tuple(unpack(p)),
+            Ext.SET: lambda p, unpack: set(unpack(p)),
+            Ext.FROZENSET: lambda p, unpack: frozenset(unpack(p)),
+            Ext.DATETIME: lambda p, _: datetime.datetime.fromisoformat(p.decode()),
+            Ext.DATE: lambda p, _: datetime.date.fromisoformat(p.decode()),
+            Ext.TIME: lambda p, _: datetime.time.fromisoformat(p.decode()),
+            Ext.TIMEDELTA: lambda p, unpack: datetime.timedelta(*unpack(p)),
+            Ext.UUID: lambda p, _: uuid.UUID(bytes=p),
+            Ext.DECIMAL: lambda p, _: decimal.Decimal(p.decode()),
+            Ext.DATACLASS: self._decode_dataclass,
+            Ext.MODEL: self._decode_model,
+            Ext.REGISTERED: self._decode_registered,
+            Ext.SENDER: lambda p, _: self._senders_by_name.get(p.decode(), p.decode()),
+        }
+        self._top_ext_hook = functools.partial(self._ext_hook, 0)
+
+    # -- registries ---------------------------------------------------------------
+
+    def register_sender(self, obj: Any, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a sender's name must be a non-empty str, not {name!r}")
+        if obj is None or type(obj) in _PLAIN_SENDER_TYPES:
+            raise ConfigurationError(
+                f"{obj!r} travels as itself and needs no registration; register objects "
+                "that cannot cross a process boundary, such as an app"
+            )
+        with self._lock:
+            known = self._senders_by_name.get(name)
+            if known is not None and known is not obj:
+                raise ConfigurationError(
+                    f"sender name {name!r} is already registered for {known!r}; "
+                    "each name must stand for one object"
+                )
+            self._sender_names[id(obj)] = name
+            self._senders_by_name[name] = obj
+
+    def register_type(
+        self,
+        cls: type,
+        encode: Callable[[Any], Any],
+        decode: Callable[[Any], Any],
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(cls, type):
+            raise ConfigurationError(f"register_type() takes a class, not {cls!r}")
+        entry = _RegisteredType(name or _type_name(cls), encode, decode)
+        with self._lock:
+            self._types_by_class[cls] = entry
+            self._types_by_name[entry.name] = entry
+
+    def sender_name(self, obj: Any) -> str | None:
+        """The name ``obj`` was registered under, if any."""
+        return self._sender_names.get(id(obj))
+
+    # -- encoding -----------------------------------------------------------------
+
+    def encode(
+        self,
+        *,
+        token: bytes,
+        seq: int,
+        channel: str,
+        sender: Any,
+        kwargs: dict[str, Any],
+        timestamp: float,
+        origin: str,
+    ) -> bytes:
+        """The event as bytes; raises :class:`EncodingError` naming what cannot travel."""
+        wire_sender = self._wire_sender(channel, sender)
+        envelope = [ENVELOPE_VERSION, token, seq, channel, wire_sender, kwargs, timestamp, origin]
+        try:
+            data = self._pack(envelope)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self._explain(channel, kwargs, exc) from exc
+        if len(data) > self.max_message_size:
+            raise MessageTooLargeError(
+                f"signal {channel!r}: the event encodes to {len(data)} bytes, over the bus's "
+                f"max_message_size of {self.max_message_size}; send an id or a reference "
+                "instead of the data, or raise max_message_size"
+            )
+        return data
+
+    def _pack(self, value: Any) -> bytes:
+        data: bytes = msgpack.packb(value, default=self._default, strict_types=True)
+        return data
+
+    def _ext(self, code: Ext, value: Any) -> msgpack.ExtType:
+        return msgpack.ExtType(code, self._pack(value))
+
+    def _wire_sender(self, channel: str, sender: Any) -> Any:
+        if sender is None or type(sender) in _PLAIN_SENDER_TYPES:
+            return sender
+        name = self._sender_names.get(id(sender))
+        if name is not None:
+            return msgpack.ExtType(Ext.SENDER, name.encode())
+        raise EncodingError(
+            f"signal {channel!r}: the sender {sender!r} (a {_type_name(type(sender))}) "
+            "cannot cross processes; name it with bus.register_sender(sender, 'a-name'), "
+            "or send with a str, int or None sender"
+        )
+
+    def _default(self, value: Any) -> Any:
+        cls = type(value)
+        registered = self._types_by_class.get(cls)
+        if registered is not None:
+            return self._ext(Ext.REGISTERED, [registered.name, registered.encode(value)])
+        encoder = self._encoders.get(cls)
+        if encoder is not None:
+            return encoder(value)
+        sender_name = self._sender_names.get(id(value))
+        if sender_name is not None:
+            return msgpack.ExtType(Ext.SENDER, sender_name.encode())
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            return self._ext(Ext.DATACLASS, [_class_key(cls), fields])
+        pydantic = sys.modules.get("pydantic")
+        if pydantic is not None and isinstance(value, pydantic.BaseModel):
+            return self._ext(Ext.MODEL, [_class_key(cls), value.model_dump(round_trip=True)])
+        if isinstance(value, _BUILTIN_BASES) and not isinstance(value, enum.Enum):
+            base: Any = next(base for base in _BUILTIN_BASES if isinstance(value, base))
+            return base(value)
+        if isinstance(value, (bytearray, memoryview)):
+            return bytes(value)
+        raise _Unencodable(value)
+
+    def _explain(self, channel: str, kwargs: dict[str, Any], exc: Exception) -> EncodingError:
+        """Name the argument that failed: worth a second pass, on the error path only."""
+        culprit = next((key for key, value in kwargs.items() if not self._packs(value)), None)
+        where = f"argument {culprit!r}" if culprit else "the event"
+        if isinstance(exc, _Unencodable):
+            name = _type_name(type(exc.value))
+            return EncodingError(
+                f"signal {channel!r}: {where} holds a {name}, which cannot be sent to other "
+                f"processes; register it with bus.register_type({type(exc.value).__qualname__}, "
+                "encode, decode) or send a plain value"
+            )
+        return EncodingError(f"signal {channel!r}: {where} cannot be encoded: {exc}")
+
+    def _packs(self, value: Any) -> bool:
+        try:
+            self._pack(value)
+        except (TypeError, ValueError, OverflowError):
+            return False
+        return True
+
+    # -- decoding -----------------------------------------------------------------
+
+    def decode(self, data: bytes) -> Envelope:
+        """The event in ``data``; raises :class:`DecodingError` for anything else."""
+        if len(data) > self.max_message_size:
+            raise DecodingError(
+                f"message of {len(data)} bytes is over max_message_size ({self.max_message_size})"
+            )
+        if not data.startswith(ENVELOPE_HEAD):
+            raise DecodingError("not a signalbus envelope (or an unknown version)")
+        try:
+            fields = msgpack.unpackb(data, ext_hook=self._top_ext_hook, strict_map_key=False)
+        except DecodingError:
+            raise
+        except Exception as exc:  # garbage may fail in any way; it must not escape as such
+            raise DecodingError(f"undecodable message: {exc!r}") from exc
+        return self._check(fields)
+
+    def _check(self, fields: Any) -> Envelope:
+        if type(fields) is not list or len(fields) != 8:
+            raise DecodingError("malformed envelope")
+        _, token, seq, channel, sender, kwargs, timestamp, origin = fields
+        if not (
+            type(token) is bytes
+            and type(seq) is int
+            and type(channel) is str
+            and type(kwargs) is dict
+            and all(type(key) is str for key in kwargs)
+            and type(timestamp) in (float, int)
+            and type(origin) is str
+        ):
+            raise DecodingError("malformed envelope fields")
+        if not (
+            sender is None
+            or type(sender) in _PLAIN_SENDER_TYPES
+            or id(sender) in self._sender_names
+        ):
+            raise DecodingError(f"sender of type {type(sender).__name__} is not allowed")
+        return Envelope(token, seq, channel, sender, kwargs, float(timestamp), origin)
+
+    def _ext_hook(self, depth: int, code: int, payload: bytes) -> Any:
+        if depth >= MAX_EXT_DEPTH:
+            raise DecodingError(f"values nested more than {MAX_EXT_DEPTH} deep")
+        decoder = self._decoders.get(code)
+        if decoder is None:
+            raise DecodingError(f"unknown extension type {code}")
+        nested_hook = functools.partial(self._ext_hook, depth + 1)
+        return decoder(
+            payload,
+            lambda inner: msgpack.unpackb(inner, ext_hook=nested_hook, strict_map_key=False),
+        )
+
+    def _decode_dataclass(self, payload: bytes, unpack: Callable[[bytes], Any]) -> Any:
+        key, fields = unpack(payload)
+        cls = self._loaded_class(key)
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return fields
+        init = {f.name for f in dataclasses.fields(cls) if f.init}
+        return cls(**{name: value for name, value in fields.items() if name in init})
+
+    def _decode_model(self, payload: bytes, unpack: Callable[[bytes], Any]) -> Any:
+        key, fields = unpack(payload)
+        cls = self._loaded_class(key)
+        pydantic = sys.modules.get("pydantic")
+        if cls is None or pydantic is None or not issubclass(cls, pydantic.BaseModel):
+            return fields
+        return t.cast(Any, cls).model_validate(fields)
+
+    def _decode_registered(self, payload: bytes, unpack: Callable[[bytes], Any]) -> Any:
+        name, value = unpack(payload)
+        entry = self._types_by_name.get(name)
+        return value if entry is None else entry.decode(value)
+
+    def _loaded_class(self, key: Any) -> type | None:
+        """The class named ``module:qualname``, looked up in modules already imported.
+
+        Only dictionaries are read (no ``getattr``), so no module ``__getattr__``
+        or descriptor runs on a name that came from the wire.
+        """
+        if type(key) is not str:
+            raise DecodingError("malformed class name")
+        cls = self._classes.get(key)
+        if cls is not None:
+            return cls
+        module_name, _, qualname = key.partition(":")
+        found: Any = sys.modules.get(module_name)
+        for part in qualname.split("."):
+            if not isinstance(found, (types.ModuleType, type)):
+                return None
+            found = vars(found).get(part)
+        if not isinstance(found, type):
+            return None
+        self._classes[key] = found
+        return found

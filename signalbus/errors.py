@@ -1,0 +1,56 @@
+"""Every error signalbus raises derives from :class:`SignalBusError`::
+
+    SignalBusError                  catch this to catch anything signalbus raises
+    ├── ConfigurationError          a bad URL, option or registration, or a closed bus
+    ├── EncodingError               send(): a value cannot cross processes; nothing was delivered
+    │   └── MessageTooLargeError    send(): the encoded event is over max_message_size
+    ├── DecodingError               bytes on a channel are not an event (logged, counted, skipped)
+    └── TransportError              Redis is unreachable or refused a command
+        └── PublishError            an event was not published (synchronous mode, or a full queue)
+
+Messages name the signal involved and say what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DecodingError",
+    "EncodingError",
+    "MessageTooLargeError",
+    "PublishError",
+    "SignalBusError",
+    "TransportError",
+]
+
+
+class SignalBusError(Exception):
+    """The root of every error signalbus raises."""
+
+
+class ConfigurationError(SignalBusError):
+    """A bus or signal was given options it cannot work with."""
+
+
+class EncodingError(SignalBusError, TypeError):
+    """A sender or argument cannot be put on the wire.
+
+    Raised by ``send()`` before any receiver runs, so nothing is half-delivered.
+    It is also a :class:`TypeError`, which is what passing an unsupported value is.
+    """
+
+
+class MessageTooLargeError(EncodingError):
+    """The encoded event is larger than the bus's ``max_message_size``."""
+
+
+class DecodingError(SignalBusError):
+    """Bytes read from a channel are not a valid signalbus event."""
+
+
+class TransportError(SignalBusError):
+    """Redis could not be reached, or it refused a command."""
+
+
+class PublishError(TransportError):
+    """An event was not published: Redis failed in synchronous mode, or the queue was full."""

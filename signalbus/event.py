@@ -1,0 +1,46 @@
+"""What a receiver can learn about the event it is handling, beyond blinker's arguments."""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+from dataclasses import dataclass
+
+__all__ = ["Event", "current_event"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Metadata of one event.
+
+    ``id`` is unique across processes and stays the same wherever the event is
+    delivered, so receivers can use it to stay idempotent.
+    """
+
+    id: str
+    channel: str
+    origin: str
+    """``host:pid`` of the process that sent the event."""
+    timestamp: float
+    """When the event was sent, in seconds since the epoch (``time.time()``)."""
+    remote: bool
+    """True when the event was sent by another process (or another bus)."""
+    replayed: bool = False
+
+    @property
+    def sent_at(self) -> datetime.datetime:
+        """``timestamp`` as an aware UTC datetime."""
+        return datetime.datetime.fromtimestamp(self.timestamp, datetime.UTC)
+
+
+_current: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+    "signalbus_current_event", default=None
+)
+
+
+def current_event() -> Event | None:
+    """The event being handled, inside a receiver; ``None`` for a plain local send.
+
+    A send on a signal that has no bus is plain blinker, and has no event.
+    """
+    return _current.get()

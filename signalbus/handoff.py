@@ -1,0 +1,69 @@
+"""A bounded first-in first-out handoff between threads, cheap on the producer's side.
+
+``queue.Queue`` takes a lock and notifies a condition on every put; here a put is a
+deque append plus a flag check, and the consumer takes everything waiting at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Generic, TypeVar
+
+__all__ = ["Handoff"]
+
+T = TypeVar("T")
+
+
+class Handoff(Generic[T]):
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque[T] = deque()
+        self._ready = threading.Event()
+        self._space = threading.Event()
+        self._space.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def full(self) -> bool:
+        return len(self._items) >= self.maxsize
+
+    def put(self, item: T) -> None:
+        """Append regardless of size: callers check :meth:`full` or use :meth:`wait_for_space`."""
+        self._items.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+
+    def wait_for_space(self, timeout: float) -> bool:
+        """Wait until there is room; False if there is none after ``timeout`` seconds."""
+        if not self.full():
+            return True
+        self._space.clear()
+        if not self.full():  # the consumer drained between the check and the clear
+            return True
+        return self._space.wait(timeout) and not self.full()
+
+    def take(self, limit: int, timeout: float) -> list[T]:
+        """Up to ``limit`` items, oldest first, waiting up to ``timeout`` for the first."""
+        items = self._items
+        if not items:
+            self._ready.clear()
+            if not items and not self._ready.wait(timeout):
+                return []
+        taken = [items.popleft() for _ in range(min(limit, len(items)))]
+        if not self._space.is_set() and len(items) < self.maxsize:
+            self._space.set()
+        return taken
+
+    def clear(self) -> list[T]:
+        """Remove and return everything waiting."""
+        taken = []
+        while self._items:
+            taken.append(self._items.popleft())
+        self._space.set()
+        return taken
+
+    def wake(self) -> None:
+        """Wake a consumer waiting in :meth:`take`, e.g. to let it see a stop flag."""
+        self._ready.set()

@@ -1,0 +1,202 @@
+"""The background publisher: ``send()`` queues, one thread writes batches to Redis.
+
+The caller pays for a deque append, never for a network round trip. The queue is
+bounded; what happens when it is full is the bus's ``queue_full`` policy:
+
+- ``"drop"`` (the default): the new event is not published; it is logged (throttled)
+  and counted in ``stats()["dropped"]``. Local receivers still run. A web request
+  is never held up by Redis being away.
+- ``"block"``: ``send()`` waits up to ``block_timeout`` seconds for room, then raises
+  :class:`PublishError`.
+- ``"raise"``: ``send()`` raises :class:`PublishError` at once.
+
+While Redis is away the thread keeps the batch it holds and retries with backoff, so
+a short outage loses nothing. What is still queued when the bus closes, after its
+flush timeout, is counted as dropped and logged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+from .errors import PublishError, TransportError
+from .handoff import Handoff
+from .stats import Stats, ThrottledLog
+from .transport import PublishConnection
+
+__all__ = ["Publisher", "QueueFullPolicy"]
+
+QueueFullPolicy = Literal["drop", "block", "raise"]
+QUEUE_FULL_POLICIES: tuple[QueueFullPolicy, ...] = ("drop", "block", "raise")
+
+
+class _FlushMarker:
+    """Queued by ``flush()``; set once everything queued before it was handled."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_Item = tuple[bytes, bytes] | _FlushMarker
+
+
+class Publisher:
+    def __init__(
+        self,
+        connect: Callable[[], PublishConnection],
+        *,
+        stats: Stats,
+        log: ThrottledLog,
+        synchronous: bool,
+        queue_size: int,
+        queue_full: QueueFullPolicy,
+        block_timeout: float,
+        batch_size: int = 512,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self._connection = connect()
+        self._stats = stats
+        self._log = log
+        self.synchronous = synchronous
+        self._queue: Handoff[_Item] = Handoff(queue_size)
+        self._queue_full = queue_full
+        self._block_timeout = block_timeout
+        self._batch_size = batch_size
+        self._max_backoff = max_backoff
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unfinished: list[_Item] = []
+
+    def submit(self, channel_key: bytes, data: bytes, channel: str) -> None:
+        """Publish ``data`` on ``channel_key``: at once if synchronous, else queued."""
+        if self.synchronous:
+            self._publish_now(channel_key, data, channel)
+            return
+        if self._queue.full() and not self._make_room(channel):
+            return
+        self._queue.put((channel_key, data))
+        if self._thread is None:
+            self._start()
+
+    def _make_room(self, channel: str) -> bool:
+        size = self._queue.maxsize
+        if self._queue_full == "block" and self._queue.wait_for_space(self._block_timeout):
+            return True
+        if self._queue_full == "drop":
+            self._stats.add("dropped")
+            self._log.warning(
+                "queue-full",
+                "publish queue full (%d events): an event of signal %r was not published; "
+                "Redis is slow or unreachable",
+                size,
+                channel,
+            )
+            return False
+        raise PublishError(
+            f"signal {channel!r}: the publish queue is full ({size} events) because Redis is "
+            "slow or unreachable; nothing was delivered. Retry later, or choose "
+            "queue_full='drop' or a larger queue_size"
+        )
+
+    def _publish_now(self, channel_key: bytes, data: bytes, channel: str) -> None:
+        with self._lock:
+            try:
+                try:
+                    (error,) = self._connection.publish([(channel_key, data)])
+                except TransportError:  # one retry on a fresh connection
+                    (error,) = self._connection.publish([(channel_key, data)])
+            except TransportError as exc:
+                raise PublishError(f"signal {channel!r}: {exc}; nothing was delivered") from exc
+        if error is not None:
+            raise PublishError(f"signal {channel!r}: Redis refused the event: {error}")
+        self._stats.published += 1
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is on the server; False on timeout."""
+        if self.synchronous or (self._thread is None and not len(self._queue)):
+            return True
+        marker = _FlushMarker()
+        self._queue.put(marker)
+        if self._thread is None:
+            self._start()
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float) -> None:
+        """Flush for up to ``timeout`` seconds, stop the thread, count what is left."""
+        self.flush(timeout)
+        self._stopping.set()
+        self._queue.wake()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        left = [item for item in self._unfinished + self._queue.clear() if isinstance(item, tuple)]
+        if left:
+            self._stats.add("dropped", len(left))
+            self._log.warning(
+                "closed-unpublished",
+                "bus closed with %d events not published (Redis slow or unreachable)",
+                len(left),
+            )
+        self._connection.close()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="signalbus-publisher", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        batch: list[_Item] = []
+        while True:
+            if not batch:
+                if self._stopping.is_set():
+                    break
+                batch = self._queue.take(self._batch_size, timeout=0.5)
+                continue
+            try:
+                self._publish_batch(batch)
+            except TransportError as exc:
+                self._stats.add("publish_retries")
+                self._log.warning(
+                    "publish-failed", "cannot publish %d events, will retry: %s", len(batch), exc
+                )
+                if self._stopping.wait(backoff):
+                    break
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            backoff = 0.05
+            for item in batch:
+                if isinstance(item, _FlushMarker):
+                    item.done.set()
+            batch = []
+        self._unfinished = batch
+
+    def _publish_batch(self, batch: list[_Item]) -> None:
+        events = [item for item in batch if isinstance(item, tuple)]
+        if not events:
+            return
+        errors = self._connection.publish(events)
+        refused = [
+            (key, error)
+            for (key, _), error in zip(events, errors, strict=True)
+            if error is not None
+        ]
+        self._stats.published += len(events) - len(refused)
+        if refused:
+            self._stats.add("dropped", len(refused))
+            key, error = refused[0]
+            self._log.warning(
+                "publish-refused",
+                "Redis refused %d events, e.g. on channel %r: %s",
+                len(refused),
+                key.decode(errors="replace"),
+                error,
+            )

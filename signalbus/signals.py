@@ -1,0 +1,160 @@
+"""The blinker face of signalbus: ``Namespace`` and ``Signal``.
+
+A ``Signal`` is a ``blinker.NamedSignal`` that also publishes what it sends to its
+bus, and whose receivers also get the events sent by other processes. Until it has a
+bus (its own, or the default one made by ``configure()``) it is plain blinker.
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import sys
+import typing as t
+
+import blinker
+
+from . import bus as bus_module
+from .errors import ConfigurationError
+from .event import _current
+
+__all__ = ["Namespace", "Signal"]
+
+F = t.TypeVar("F", bound=c.Callable[..., t.Any])
+
+
+def _caller_module(depth: int) -> str:
+    return str(sys._getframe(depth + 1).f_globals.get("__name__", "__main__"))
+
+
+class Signal(blinker.NamedSignal):
+    """A named blinker signal whose events also reach the receivers of other processes.
+
+    Everything blinker documents holds, with these additions: ``channel`` is the
+    signal's name on the wire (``<namespace>.<name>``); ``send()`` encodes the event
+    first, so a value that cannot travel raises :class:`~signalbus.EncodingError`
+    before anything is delivered; then it queues the event for publishing and runs
+    the local receivers, as blinker does. A muted signal neither delivers nor publishes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        doc: str | None = None,
+        *,
+        namespace: str | None = None,
+        bus: bus_module.Bus | None = None,
+        **options: t.Any,
+    ) -> None:
+        if options:
+            raise ConfigurationError(
+                f"signal {name!r}: unknown options {sorted(options)}; see the signalbus docs"
+            )
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a signal's name must be a non-empty str, not {name!r}")
+        super().__init__(name, doc)
+        self.namespace = namespace if namespace is not None else _caller_module(1)
+        self.channel = f"{self.namespace}.{name}"
+        self._bus = bus
+        if bus is None:
+            bus_module.track_unbound(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} {self.channel!r}>"
+
+    @property
+    def bus(self) -> bus_module.Bus | None:
+        """The bus this signal travels on: its own, else the default one, else None."""
+        return self._bus if self._bus is not None else bus_module.default_bus()
+
+    def connect(self, receiver: F, sender: t.Any = blinker.ANY, weak: bool = True) -> F:
+        """As blinker; also subscribes this process to the channel.
+
+        Returns once the server has confirmed the subscription (or the bus's
+        ``subscribe_timeout`` passed, which is logged), so an event another process
+        sends right after is not missed.
+        """
+        super().connect(receiver, sender, weak)
+        bus = self.bus
+        if bus is not None:
+            bus._watch([self])
+        return receiver
+
+    def _disconnect(self, receiver_id: c.Hashable, sender_id: c.Hashable) -> None:
+        # Every disconnection passes here, including weak receivers being collected.
+        super()._disconnect(receiver_id, sender_id)
+        if not self.receivers:
+            bus = self.bus
+            if bus is not None:
+                bus._release(self)
+
+    def send(
+        self,
+        sender: t.Any | None = None,
+        /,
+        *,
+        _async_wrapper: c.Callable[
+            [c.Callable[..., c.Coroutine[t.Any, t.Any, t.Any]]], c.Callable[..., t.Any]
+        ]
+        | None = None,
+        **kwargs: t.Any,
+    ) -> list[tuple[c.Callable[..., t.Any], t.Any]]:
+        bus = self.bus
+        if bus is None:
+            return super().send(sender, _async_wrapper=_async_wrapper, **kwargs)
+        if self.is_muted:
+            return []
+        event = bus._publish(self, sender, kwargs)
+        if not self.receivers:
+            return []
+        token = _current.set(event)
+        try:
+            return super().send(sender, _async_wrapper=_async_wrapper, **kwargs)
+        finally:
+            _current.reset(token)
+
+    async def send_async(
+        self,
+        sender: t.Any | None = None,
+        /,
+        *,
+        _sync_wrapper: c.Callable[
+            [c.Callable[..., t.Any]], c.Callable[..., c.Coroutine[t.Any, t.Any, t.Any]]
+        ]
+        | None = None,
+        **kwargs: t.Any,
+    ) -> list[tuple[c.Callable[..., t.Any], t.Any]]:
+        bus = self.bus
+        if bus is None:
+            return await super().send_async(sender, _sync_wrapper=_sync_wrapper, **kwargs)
+        if self.is_muted:
+            return []
+        event = bus._publish(self, sender, kwargs)
+        token = _current.set(event)
+        try:
+            return await super().send_async(sender, _sync_wrapper=_sync_wrapper, **kwargs)
+        finally:
+            _current.reset(token)
+
+
+class Namespace(blinker.Namespace):
+    """A blinker ``Namespace`` whose signals travel between processes.
+
+    ``name`` prefixes the channel of every signal it makes; ``None`` takes the
+    defining module's ``__name__``, so ``Namespace()`` in ``myapp/auth.py`` makes
+    channels like ``myapp.auth.logged-in``. ``bus`` binds its signals to one bus;
+    by default they use the default bus, once ``configure()`` has made one.
+    """
+
+    def __init__(self, name: str | None = None, *, bus: bus_module.Bus | None = None) -> None:
+        super().__init__()
+        self.name = name if name is not None else _caller_module(1)
+        self.bus = bus
+
+    def signal(self, name: str, doc: str | None = None, **options: t.Any) -> Signal:
+        """The signal called ``name``, made on first use (as blinker)."""
+        try:
+            existing = self[name]
+        except KeyError:
+            created = Signal(name, doc, namespace=self.name, bus=self.bus, **options)
+            return t.cast(Signal, self.setdefault(name, created))
+        return t.cast(Signal, existing)

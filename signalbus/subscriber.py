@@ -1,0 +1,321 @@
+"""The receiving side: a reader thread on the socket, a dispatcher thread for receivers.
+
+The reader only reads: it keeps the connection subscribed to the wanted channels
+(resubscribing after any reconnect), pings a quiet connection to find out whether it
+is dead, and hands each message to the dispatcher through a bounded handoff. When
+receivers fall behind and the handoff is full, the reader waits, Redis buffers, and
+if Redis's output-buffer limit cuts the connection the reader notices, logs, counts
+and reconnects. The dispatcher decodes each message and runs the receivers; a
+receiver that raises is logged and counted and the others still run. Neither thread
+ever dies of an error: both log, back off and go on until the bus stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import event as event_module
+from .codec import ENVELOPE_HEAD, Codec, Envelope
+from .errors import DecodingError, TransportError
+from .event import Event
+from .handoff import Handoff
+from .stats import Stats, ThrottledLog
+from .transport import SubscribeConnection
+
+if TYPE_CHECKING:
+    from .signals import Signal
+
+__all__ = ["Dispatcher", "Subscriber"]
+
+logger = logging.getLogger("signalbus")
+
+_POLL = 0.25
+_MAX_BACKOFF = 2.0
+
+
+class Subscriber:
+    """Owns the subscriber connection and the reader and dispatcher threads."""
+
+    def __init__(
+        self,
+        connect: Callable[[], SubscribeConnection],
+        dispatch: Callable[[bytes, bytes], None],
+        is_wanted: Callable[[bytes], bool],
+        *,
+        stats: Stats,
+        log: ThrottledLog,
+        backlog: int,
+        keepalive: float = 15.0,
+    ) -> None:
+        self._conn = connect()
+        self._dispatch = dispatch
+        self._is_wanted = is_wanted
+        self._stats = stats
+        self._log = log
+        self._keepalive = keepalive
+        self._handoff: Handoff[tuple[bytes, bytes]] = Handoff(backlog)
+        self._lock = threading.Lock()
+        self._wanted: set[bytes] = set()
+        self._confirmed: set[bytes] = set()
+        self._pending: dict[bytes, threading.Event] = {}
+        self._released: deque[bytes] = deque()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._heard = False
+        self._quiet_since = time.monotonic()
+        self._ping_sent: float | None = None
+
+    # -- called from any thread --------------------------------------------------
+
+    def subscribe(self, channels: Collection[bytes], timeout: float) -> bool:
+        """Subscribe, and wait up to ``timeout`` for the server to confirm.
+
+        Returns whether every channel is confirmed. Channels stay wanted either way:
+        the reader subscribes them whenever it (re)connects.
+        """
+        with self._lock:
+            new = [channel for channel in channels if channel not in self._wanted]
+            self._wanted.update(new)
+            waits = [
+                self._pending.setdefault(channel, threading.Event())
+                for channel in channels
+                if channel not in self._confirmed
+            ]
+            if new:
+                self._conn.write(b"SUBSCRIBE", new)
+        self.start()
+        deadline = time.monotonic() + timeout
+        for confirmation in waits:
+            confirmation.wait(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            return all(channel in self._confirmed for channel in channels)
+
+    def release(self, channel: bytes) -> None:
+        """Note that ``channel`` may have lost its last receiver.
+
+        No I/O and no lock, so this is safe from a weakref callback during garbage
+        collection; the reader unsubscribes if the channel is indeed unwanted.
+        """
+        self._released.append(channel)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._threads or self._stopping.is_set():
+                return
+            self._threads = [
+                threading.Thread(target=target, name=name, daemon=True)
+                for target, name in (
+                    (self._read_forever, "signalbus-reader"),
+                    (self._dispatch_forever, "signalbus-dispatcher"),
+                )
+            ]
+            for thread in self._threads:
+                thread.start()
+
+    def close(self, timeout: float) -> None:
+        self._stopping.set()
+        self._handoff.wake()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._conn.close()
+
+    # -- the reader thread ---------------------------------------------------------
+
+    def _read_forever(self) -> None:
+        backoff = 0.05
+        connected_before = False
+        while not self._stopping.is_set():
+            try:
+                if not self._conn.connected:
+                    self._connect(connected_before)
+                    connected_before = True
+                self._read_one()
+                backoff = 0.05
+            except TransportError as exc:
+                if self._stopping.is_set():
+                    break
+                if self._conn.connected:  # lost: reconnect at once
+                    self._conn.close()
+                    self._log.warning("lost", "subscriber connection lost, reconnecting: %s", exc)
+                    continue
+                self._give_up_waiting()
+                self._log.warning("unreachable", "cannot reach Redis to subscribe: %s", exc)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except Exception:
+                logger.exception("signalbus reader: unexpected error; going on")
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _connect(self, reconnecting: bool) -> None:
+        with self._lock:
+            self._confirmed.clear()
+            self._conn.connect(self._wanted)
+            count = len(self._wanted)
+        self._heard, self._ping_sent = False, None
+        self._quiet_since = time.monotonic()
+        if reconnecting:
+            self._stats.add("reconnects")
+            logger.info("signalbus: reconnected, subscribing to %d channels again", count)
+
+    def _give_up_waiting(self) -> None:
+        """Wake every ``subscribe()`` waiting for a confirmation that cannot come now."""
+        with self._lock:
+            for confirmation in self._pending.values():
+                confirmation.set()
+            self._pending.clear()
+
+    def _read_one(self) -> None:
+        reply = self._conn.read(_POLL)
+        if reply is None:
+            self._on_quiet()
+            return
+        self._heard = True
+        if type(reply) is list and reply[0] == b"message":
+            self._handoff.put((reply[1], reply[2]))
+            if self._handoff.full():
+                self._wait_for_dispatcher()
+        elif type(reply) is list and reply[0] in (b"subscribe", b"unsubscribe"):
+            self._on_confirmation(reply[0], reply[1])
+        elif isinstance(reply, Exception):
+            self._log.warning("refused", "Redis refused a subscriber command: %s", reply)
+        if self._released:
+            self._unsubscribe_released()
+
+    def _on_confirmation(self, kind: bytes, channel: bytes) -> None:
+        with self._lock:
+            if kind == b"unsubscribe":
+                self._confirmed.discard(channel)
+                return
+            if channel in self._wanted:
+                self._confirmed.add(channel)
+            confirmation = self._pending.pop(channel, None)
+        if confirmation is not None:
+            confirmation.set()
+
+    def _wait_for_dispatcher(self) -> None:
+        self._stats.add("dispatch_backlog_waits")
+        self._log.warning(
+            "backlog",
+            "receivers are slower than incoming events (%d waiting); reading paused",
+            len(self._handoff),
+        )
+        while not self._handoff.wait_for_space(_POLL):
+            if self._stopping.is_set():
+                return
+
+    def _on_quiet(self) -> None:
+        """Between messages: unsubscribe what lost its receivers, ping a silent server."""
+        if self._released:
+            self._unsubscribe_released()
+        now = time.monotonic()
+        if self._heard:
+            self._heard, self._ping_sent, self._quiet_since = False, None, now
+        elif self._ping_sent is not None:
+            if now - self._ping_sent > self._keepalive:
+                raise TransportError("no reply to PING")
+        elif now - self._quiet_since > self._keepalive:
+            self._conn.ping()
+            self._ping_sent = now
+
+    def _unsubscribe_released(self) -> None:
+        candidates = set()
+        while self._released:
+            candidates.add(self._released.popleft())
+        with self._lock:
+            unwanted = [c for c in candidates if c in self._wanted and not self._is_wanted(c)]
+            self._wanted.difference_update(unwanted)
+            if unwanted:
+                self._conn.write(b"UNSUBSCRIBE", unwanted)
+
+    # -- the dispatcher thread -----------------------------------------------------
+
+    def _dispatch_forever(self) -> None:
+        while True:
+            batch = self._handoff.take(256, _POLL)
+            if not batch and self._stopping.is_set():
+                return
+            for channel, data in batch:
+                try:
+                    self._dispatch(channel, data)
+                except Exception:
+                    logger.exception("signalbus dispatcher: unexpected error; going on")
+
+
+class Dispatcher:
+    """Turns a message into receiver calls, for one bus."""
+
+    def __init__(
+        self,
+        codec: Codec,
+        signals_for: Callable[[bytes], Iterable[Signal]],
+        own_token: bytes,
+        *,
+        stats: Stats,
+        log: ThrottledLog,
+    ) -> None:
+        self._codec = codec
+        self._signals_for = signals_for
+        self._own_head = ENVELOPE_HEAD + own_token
+        self._stats = stats
+        self._log = log
+
+    def __call__(self, channel_key: bytes, data: bytes) -> None:
+        if data.startswith(self._own_head):
+            self._stats.own_skipped += 1
+            return
+        self._stats.received += 1
+        try:
+            envelope = self._codec.decode(data)
+        except DecodingError as exc:
+            self._skip(channel_key, str(exc))
+            return
+        event = Event(envelope.id, envelope.channel, envelope.origin, envelope.timestamp, True)
+        token = event_module._current.set(event)
+        try:
+            delivered = False
+            for signal in self._signals_for(channel_key):
+                if signal.channel == envelope.channel:
+                    delivered = True
+                    self._run_receivers(signal, envelope)
+            if not delivered:
+                self._skip(channel_key, f"the event names channel {envelope.channel!r}")
+        finally:
+            event_module._current.reset(token)
+
+    def _skip(self, channel_key: bytes, why: str) -> None:
+        self._stats.add("invalid")
+        self._log.warning(
+            "invalid",
+            "skipped a message on channel %r: %s",
+            channel_key.decode(errors="replace"),
+            why,
+        )
+
+    def _run_receivers(self, signal: Signal, envelope: Envelope) -> None:
+        if signal.is_muted:
+            return
+        sender, kwargs = envelope.sender, envelope.kwargs
+        for receiver in signal.receivers_for(sender):
+            try:
+                result: Any = receiver(sender, **kwargs)
+                if inspect.iscoroutine(result):
+                    asyncio.run(result)
+            except Exception:
+                self._stats.add("receiver_errors")
+                self._log.warning(
+                    f"receiver-error:{signal.channel}",
+                    "receiver %r of signal %r raised on event %s",
+                    receiver,
+                    signal.channel,
+                    envelope.id,
+                    exc_info=True,
+                )

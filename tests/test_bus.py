@@ -1,0 +1,56 @@
+"""Two buses on one real server: events cross, in order, with their metadata."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Callable
+
+import redis
+
+import signalbus
+from signalbus import Bus, Namespace
+
+from .helpers import Recorder, wait_for
+
+
+def test_event_reaches_other_bus_with_metadata(make_bus: Callable[..., Bus]) -> None:
+    sender_bus, receiver_bus = make_bus(), make_bus()
+    sent = Namespace("auth", bus=sender_bus).signal("logged-in")
+    heard = Namespace("auth", bus=receiver_bus).signal("logged-in")
+    events: list[signalbus.Event | None] = []
+    recorder = Recorder()
+
+    def receiver(sender: object, **kwargs: object) -> None:
+        events.append(signalbus.current_event())
+        recorder(sender, **kwargs)
+
+    heard.connect(receiver)
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    key = uuid.uuid4()
+    assert sent.send("web", user_id=7, at=when, key=key, pair=(1, 2)) == []
+    [(sender, kwargs)] = recorder.wait(1)
+    assert sender == "web"
+    assert kwargs == {"user_id": 7, "at": when, "key": key, "pair": (1, 2)}
+    assert type(kwargs["pair"]) is tuple
+    event = events[0]
+    assert event is not None and event.remote and not event.replayed
+    assert event.channel == "auth.logged-in"
+    assert event.origin == sender_bus.origin
+
+
+def test_numsub_counts_processes_and_last_disconnect_unsubscribes(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str
+) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    channel = f"{prefix}auth.logged-in"
+    first, second = Recorder(), Recorder()
+    signal.connect(first)
+    # connect() returned: the server already counts the subscription.
+    assert raw.pubsub_numsub(channel) == [(channel.encode(), 1)]
+    signal.connect(second)
+    signal.disconnect(first)
+    assert raw.pubsub_numsub(channel) == [(channel.encode(), 1)]
+    signal.disconnect(second)
+    wait_for(lambda: raw.pubsub_numsub(channel) == [(channel.encode(), 0)])
