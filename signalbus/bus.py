@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -104,7 +104,9 @@ class Bus:
             block_timeout=block_timeout,
         )
         self._dispatch_backlog = dispatch_backlog
-        self._signals: dict[bytes, tuple[weakref.ref[Signal], ...]] = {}
+        # Signals with receivers, by channel key; replaced, never mutated, so the reader
+        # and dispatcher threads read it without a lock.
+        self._signals: dict[bytes, tuple[Signal, ...]] = {}
         self._keys: dict[str, bytes] = {}
         self._closed = False
         self._start_process_life()
@@ -242,9 +244,9 @@ class Bus:
         with self._lock:
             for signal in signals:
                 key = self._key(signal.channel)
-                refs = tuple(ref for ref in self._signals.get(key, ()) if ref() is not None)
-                if not any(ref() is signal for ref in refs):
-                    self._signals[key] = (*refs, weakref.ref(signal))
+                known = self._signals.get(key, ())
+                if signal not in known:
+                    self._signals[key] = (*known, signal)
                 keys.append(key)
         if keys and not self._subscriber.subscribe(keys, self.subscribe_timeout):
             logger.warning(
@@ -257,14 +259,18 @@ class Bus:
     def _release(self, signal: Signal) -> None:
         self._subscriber.release(self._key(signal.channel))
 
-    def _signals_for(self, key: bytes) -> Iterator[Signal]:
-        for ref in self._signals.get(key, ()):
-            signal = ref()
-            if signal is not None:
-                yield signal
+    def _signals_for(self, key: bytes) -> tuple[Signal, ...]:
+        return self._signals.get(key, ())
 
     def _is_wanted(self, key: bytes) -> bool:
-        return any(signal.receivers for signal in self._signals_for(key))
+        """Whether a signal on ``key`` has receivers; forgets the signals that have none."""
+        with self._lock:
+            listening = tuple(signal for signal in self._signals.get(key, ()) if signal.receivers)
+            if listening:
+                self._signals[key] = listening
+            else:
+                self._signals.pop(key, None)
+            return bool(listening)
 
     def _after_fork_in_child(self) -> None:
         self._start_process_life()

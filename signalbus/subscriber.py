@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import event as event_module
@@ -256,7 +256,7 @@ class Dispatcher:
     def __init__(
         self,
         codec: Codec,
-        signals_for: Callable[[bytes], Iterable[Signal]],
+        signals_for: Callable[[bytes], Sequence[Signal]],
         own_token: bytes,
         *,
         stats: Stats,
@@ -279,15 +279,17 @@ class Dispatcher:
             self._skip(channel_key, str(exc))
             return
         event = Event(envelope.id, envelope.channel, envelope.origin, envelope.timestamp, True)
+        candidates = self._signals_for(channel_key)
+        if not candidates:  # its last receiver went a moment ago
+            return
+        signals = [s for s in candidates if s.channel == envelope.channel]
+        if not signals:
+            self._skip(channel_key, f"the event names channel {envelope.channel!r}")
+            return
         token = event_module._current.set(event)
         try:
-            delivered = False
-            for signal in self._signals_for(channel_key):
-                if signal.channel == envelope.channel:
-                    delivered = True
-                    self._run_receivers(signal, envelope)
-            if not delivered:
-                self._skip(channel_key, f"the event names channel {envelope.channel!r}")
+            for signal in signals:
+                self._run_receivers(signal, envelope)
         finally:
             event_module._current.reset(token)
 

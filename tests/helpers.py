@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
@@ -35,3 +41,62 @@ class Recorder:
     def wait(self, count: int, timeout: float = 10.0) -> list[tuple[Any, dict[str, Any]]]:
         wait_for(lambda: len(self.calls) >= count, timeout)
         return list(self.calls)
+
+
+class Child:
+    """A ``python -m tests.child`` process whose output is collected by threads."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.child", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        self.lines: list[str] = []
+        self._errors: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._collect, args=(stream, into), daemon=True)
+            for stream, into in (
+                (self.process.stdout, self.lines),
+                (self.process.stderr, self._errors),
+            )
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _collect(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        wait_for(lambda: "READY" in self.lines or self.process.poll() is not None, timeout)
+        assert "READY" in self.lines, self.stderr()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    def finish(self, timeout: float = 20.0) -> int:
+        """Close stdin and return the exit code (killing the process after ``timeout``)."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.kill()
+
+    def stderr(self) -> str:
+        return "\n".join(self._errors)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        for reader in self._readers:
+            reader.join(10)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()

@@ -1,0 +1,59 @@
+"""A separate process for multi-process tests: ``python -m tests.child ROLE URL PREFIX [N]``.
+
+``listen``: connect a receiver, print READY, then print one JSON line per event and
+exit after N events. ``send``: send N numbered events and exit without calling
+flush() or close(), so interpreter exit must publish them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import signalbus
+from signalbus import Namespace
+
+auth = Namespace("auth")
+logged_in = auth.signal("logged-in")
+
+
+def listen(count: int) -> None:
+    seen = 0
+
+    @logged_in.connect
+    def on_login(sender: Any, **kwargs: Any) -> None:
+        nonlocal seen
+        event = signalbus.current_event()
+        assert event is not None
+        print(json.dumps({"sender": sender, "kwargs": kwargs, "origin": event.origin}), flush=True)
+        seen += 1
+
+    print("READY", flush=True)
+    for line in sys.stdin:  # the parent closes stdin once it has seen everything it wants
+        del line
+    if seen != count:
+        print(f"saw {seen} events, expected {count}", file=sys.stderr)
+        sys.exit(1)
+
+
+def send(count: int) -> None:
+    for n in range(count):
+        logged_in.send("child", n=n)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["listen", "send"])
+    parser.add_argument("url")
+    parser.add_argument("prefix")
+    parser.add_argument("count", type=int)
+    parser.add_argument("--close-timeout", type=float, default=5.0)
+    args = parser.parse_args()
+    signalbus.configure(args.url, prefix=args.prefix, close_timeout=args.close_timeout)
+    {"listen": listen, "send": send}[args.role](args.count)
+
+
+if __name__ == "__main__":
+    main()
