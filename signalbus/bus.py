@@ -84,7 +84,7 @@ class Bus:
                 raise ConfigurationError(f"{option} must be a positive int, not {value!r}")
         if not isinstance(prefix, str):
             raise ConfigurationError(f"prefix must be a str, not {prefix!r}")
-        self.url = url or os.environ.get("SIGNALBUS_URL") or DEFAULT_URL
+        self.url = url or _url_of(client) or os.environ.get("SIGNALBUS_URL") or DEFAULT_URL
         if client is None:
             try:
                 client = client_from_url(self.url)
@@ -277,6 +277,14 @@ class Bus:
         wanted = [key for key in self._signals if self._is_wanted(key)]
         if wanted and not self._closed:
             self._subscriber.subscribe(wanted, timeout=0)
+
+
+def _url_of(client: redis.Redis | None) -> str | None:
+    """Where a ready client points, for reprs and messages."""
+    if client is None:
+        return None
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
 
 def _redacted(url: str) -> str:

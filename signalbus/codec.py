@@ -22,7 +22,6 @@ import decimal
 import enum
 import functools
 import sys
-import threading
 import types
 import typing as t
 import uuid
@@ -108,13 +107,12 @@ _BUILTIN_BASES = (str, bytes, int, float, dict, list)
 class Codec:
     """Turns events into bytes and back, for one bus.
 
-    Thread-safe: registrations take a lock, encoding and decoding share no state
-    but the registries.
+    Registrations are plain dict writes, safe under the GIL (and across fork: no lock
+    to inherit held); encoding and decoding share no state but the registries.
     """
 
     def __init__(self, *, max_message_size: int) -> None:
         self.max_message_size = max_message_size
-        self._lock = threading.Lock()
         self._sender_names: dict[int, str] = {}
         self._senders_by_name: dict[str, Any] = {}
         self._types_by_class: dict[type, _RegisteredType] = {}
@@ -160,15 +158,14 @@ class Codec:
                 f"{obj!r} travels as itself and needs no registration; register objects "
                 "that cannot cross a process boundary, such as an app"
             )
-        with self._lock:
-            known = self._senders_by_name.get(name)
-            if known is not None and known is not obj:
-                raise ConfigurationError(
-                    f"sender name {name!r} is already registered for {known!r}; "
-                    "each name must stand for one object"
-                )
-            self._sender_names[id(obj)] = name
-            self._senders_by_name[name] = obj
+        known = self._senders_by_name.get(name)
+        if known is not None and known is not obj:
+            raise ConfigurationError(
+                f"sender name {name!r} is already registered for {known!r}; "
+                "each name must stand for one object"
+            )
+        self._sender_names[id(obj)] = name
+        self._senders_by_name[name] = obj
 
     def register_type(
         self,
@@ -180,9 +177,8 @@ class Codec:
         if not isinstance(cls, type):
             raise ConfigurationError(f"register_type() takes a class, not {cls!r}")
         entry = _RegisteredType(name or _type_name(cls), encode, decode)
-        with self._lock:
-            self._types_by_class[cls] = entry
-            self._types_by_name[entry.name] = entry
+        self._types_by_class[cls] = entry
+        self._types_by_name[entry.name] = entry
 
     def sender_name(self, obj: Any) -> str | None:
         """The name ``obj`` was registered under, if any."""

@@ -163,10 +163,14 @@ class Publisher:
                 continue
             try:
                 self._publish_batch(batch)
-            except TransportError as exc:
+            except Exception as exc:  # Redis away, or a bug: either way the thread goes on
                 self._stats.add("publish_retries")
                 self._log.warning(
-                    "publish-failed", "cannot publish %d events, will retry: %s", len(batch), exc
+                    "publish-failed",
+                    "cannot publish %d events, will retry: %s",
+                    len(batch),
+                    exc,
+                    exc_info=not isinstance(exc, TransportError),
                 )
                 if self._stopping.wait(backoff):
                     break

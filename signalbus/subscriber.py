@@ -233,6 +233,7 @@ class Subscriber:
         with self._lock:
             unwanted = [c for c in candidates if c in self._wanted and not self._is_wanted(c)]
             self._wanted.difference_update(unwanted)
+            self._confirmed.difference_update(unwanted)
             if unwanted:
                 self._conn.write(b"UNSUBSCRIBE", unwanted)
 

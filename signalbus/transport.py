@@ -9,6 +9,7 @@ Both speak RESP2, where pub/sub messages are plain replies.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -40,7 +41,10 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-_PUBLISH = b"*3\r\n" + _bulk(b"PUBLISH")
+@functools.lru_cache(maxsize=4096)
+def _publish_head(channel: bytes) -> bytes:
+    """``PUBLISH channel`` in RESP, up to the message's length."""
+    return b"*3\r\n" + _bulk(b"PUBLISH") + _bulk(channel)
 
 
 class PublishConnection:
@@ -56,7 +60,10 @@ class PublishConnection:
         refusal, say). Raises :class:`TransportError` when the connection fails,
         after which it is unknown which messages reached the server.
         """
-        buffer = b"".join([_PUBLISH + _bulk(channel) + _bulk(data) for channel, data in messages])
+        parts: list[bytes] = []
+        for channel, data in messages:
+            parts += (_publish_head(channel), b"$%d\r\n" % len(data), data, b"\r\n")
+        buffer = b"".join(parts)
         try:
             self._conn.send_packed_command([buffer], check_health=False)
             return [self._read_reply() for _ in messages]
