@@ -219,9 +219,9 @@ class Bus:
                 return
             self._closed = True
         timeout = self.close_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
         self._publisher.close(timeout)
-        self._subscriber.close(max(0.0, deadline - time.monotonic()))
+        # The reader notices the stop within its poll interval, whatever the flush took.
+        self._subscriber.close(1.0)
         if _default is self:
             _default = None
         _live_buses.discard(self)
@@ -250,7 +250,7 @@ class Bus:
                 keys.append(key)
         if keys and not self._subscriber.subscribe(keys, self.subscribe_timeout):
             logger.warning(
-                "signalbus: subscription to %s not confirmed within %.1fs; receivers will "
+                "subscription to %s not confirmed within %.1fs; receivers will "
                 "get remote events once Redis answers",
                 ", ".join(k.decode(errors="replace") for k in keys),
                 self.subscribe_timeout,

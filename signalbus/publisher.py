@@ -18,6 +18,7 @@ flush timeout, is counted as dropped and logged.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -70,7 +71,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._unfinished: list[_Item] = []
+        self._in_flight: list[_Item] = []  # the batch the thread holds
 
     def submit(self, channel_key: bytes, data: bytes, channel: str) -> None:
         """Publish ``data`` on ``channel_key``: at once if synchronous, else queued."""
@@ -128,13 +129,16 @@ class Publisher:
 
     def close(self, timeout: float) -> None:
         """Flush for up to ``timeout`` seconds, stop the thread, count what is left."""
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
+            thread = self._thread
         self._queue.wake()
-        thread = self._thread
         if thread is not None:
-            thread.join(timeout)
-        left = [item for item in self._unfinished + self._queue.clear() if isinstance(item, tuple)]
+            # A thread backing off sees the stop at once: a short grace even past the deadline.
+            thread.join(max(0.5, deadline - time.monotonic()))
+        left = [item for item in self._in_flight + self._queue.clear() if isinstance(item, tuple)]
         if left:
             self._stats.add("dropped", len(left))
             self._log.warning(
@@ -154,34 +158,32 @@ class Publisher:
 
     def _run(self) -> None:
         backoff = 0.05
-        batch: list[_Item] = []
         while True:
-            if not batch:
+            if not self._in_flight:
                 if self._stopping.is_set():
-                    break
-                batch = self._queue.take(self._batch_size, timeout=0.5)
+                    return
+                self._in_flight = self._queue.take(self._batch_size, timeout=0.5)
                 continue
             try:
-                self._publish_batch(batch)
+                self._publish_batch(self._in_flight)
             except Exception as exc:  # Redis away, or a bug: either way the thread goes on
                 self._stats.add("publish_retries")
                 self._log.warning(
                     "publish-failed",
                     "cannot publish %d events, will retry: %s",
-                    len(batch),
+                    len(self._in_flight),
                     exc,
                     exc_info=not isinstance(exc, TransportError),
                 )
                 if self._stopping.wait(backoff):
-                    break
+                    return
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
             backoff = 0.05
-            for item in batch:
+            for item in self._in_flight:
                 if isinstance(item, _FlushMarker):
                     item.done.set()
-            batch = []
-        self._unfinished = batch
+            self._in_flight = []
 
     def _publish_batch(self, batch: list[_Item]) -> None:
         events = [item for item in batch if isinstance(item, tuple)]

@@ -120,16 +120,26 @@ class Subscriber:
                 thread.start()
 
     def close(self, timeout: float) -> None:
-        self._stopping.set()
+        """Stop both threads, waiting up to ``timeout``; the reader closes its own socket."""
+        with self._lock:
+            self._stopping.set()
+            threads = self._threads
         self._handoff.wake()
+        if not threads:
+            self._conn.close()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._conn.close()
 
     # -- the reader thread ---------------------------------------------------------
 
     def _read_forever(self) -> None:
+        try:
+            self._read_until_stopped()
+        finally:
+            self._conn.close()
+
+    def _read_until_stopped(self) -> None:
         backoff = 0.05
         connected_before = False
         while not self._stopping.is_set():
@@ -151,6 +161,8 @@ class Subscriber:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             except Exception:
+                if self._stopping.is_set():
+                    break
                 logger.exception("signalbus reader: unexpected error; going on")
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)

@@ -83,7 +83,11 @@ class RedisServer:
         self._process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self._dir.name
         )
-        self._wait_until_ready(self._process)
+        try:
+            self._wait_until_ready(self._process)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _wait_until_ready(self, process: subprocess.Popen[bytes]) -> None:
@@ -121,7 +125,11 @@ class RedisServer:
         self._dir.cleanup()
 
     def __enter__(self) -> RedisServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
