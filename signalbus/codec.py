@@ -100,6 +100,23 @@ def _class_key(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+# msgpack decodes its own timestamp extension (code -1, a 0xff byte on the wire) without
+# asking the ext hook; only a message with a 0xff byte is searched for one.
+_TIMESTAMP_CODE = b"\xff"
+
+
+def _holds_timestamp(value: Any) -> bool:
+    if isinstance(value, msgpack.Timestamp):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_timestamp(k) or _holds_timestamp(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_timestamp(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_holds_timestamp(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return False
+
+
 _PLAIN_SENDER_TYPES = (str, int)
 _BUILTIN_BASES = (str, bytes, int, float, dict, list)
 
@@ -291,6 +308,8 @@ class Codec:
             raise
         except Exception as exc:  # garbage may fail in any way; it must not escape as such
             raise DecodingError(f"undecodable message: {exc!r}") from exc
+        if _TIMESTAMP_CODE in data and _holds_timestamp(fields):
+            raise DecodingError("msgpack timestamps are not part of the signalbus format")
         return self._check(fields)
 
     def _check(self, fields: Any) -> Envelope:

@@ -26,6 +26,13 @@ def _caller_module(depth: int) -> str:
     return str(sys._getframe(depth + 1).f_globals.get("__name__", "__main__"))
 
 
+def _check_options(name: str, options: dict[str, t.Any]) -> None:
+    if options:
+        raise ConfigurationError(
+            f"signal {name!r}: unknown options {sorted(options)}; see the signalbus docs"
+        )
+
+
 class Signal(blinker.NamedSignal):
     """A named blinker signal whose events also reach the receivers of other processes.
 
@@ -45,10 +52,7 @@ class Signal(blinker.NamedSignal):
         bus: bus_module.Bus | None = None,
         **options: t.Any,
     ) -> None:
-        if options:
-            raise ConfigurationError(
-                f"signal {name!r}: unknown options {sorted(options)}; see the signalbus docs"
-            )
+        _check_options(name, options)
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"a signal's name must be a non-empty str, not {name!r}")
         super().__init__(name, doc)
@@ -152,6 +156,7 @@ class Namespace(blinker.Namespace):
 
     def signal(self, name: str, doc: str | None = None, **options: t.Any) -> Signal:
         """The signal called ``name``, made on first use (as blinker)."""
+        _check_options(name, options)
         try:
             existing = self[name]
         except KeyError:
