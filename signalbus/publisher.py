@@ -3,9 +3,11 @@
 The caller pays for a deque append, never for a network round trip. The queue is
 bounded; what happens when it is full is the bus's ``queue_full`` policy:
 
-- ``"drop"`` (the default): the new event is not published; it is logged (throttled)
-  and counted in ``stats()["dropped"]``. Local receivers still run. A web request
-  is never held up by Redis being away.
+- ``"drop"`` (the default): while Redis is failing, the new event is not published; it
+  is logged (throttled) and counted in ``stats()["dropped"]``, and local receivers
+  still run, so a web request is never held up by Redis being away. While Redis is
+  answering and the queue is only full because a burst outran the publisher thread,
+  ``send()`` first waits up to ``block_timeout`` for room, as a socket buffer would.
 - ``"block"``: ``send()`` waits up to ``block_timeout`` seconds for room, then raises
   :class:`PublishError`.
 - ``"raise"``: ``send()`` raises :class:`PublishError` at once.
@@ -56,7 +58,7 @@ class Publisher:
         queue_size: int,
         queue_full: QueueFullPolicy,
         block_timeout: float,
-        batch_size: int = 512,
+        batch_size: int = 2048,
         max_backoff: float = 2.0,
     ) -> None:
         self._connection = connect()
@@ -72,6 +74,7 @@ class Publisher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight: list[_Item] = []  # the batch the thread holds
+        self._healthy = True  # False from a failed publish to the next good one
 
     def submit(self, channel_key: bytes, data: bytes, channel: str) -> None:
         """Publish ``data`` on ``channel_key``: at once if synchronous, else queued."""
@@ -86,16 +89,18 @@ class Publisher:
 
     def _make_room(self, channel: str) -> bool:
         size = self._queue.maxsize
-        if self._queue_full == "block" and self._queue.wait_for_space(self._block_timeout):
+        waits = self._queue_full == "block" or (self._queue_full == "drop" and self._healthy)
+        if waits and self._queue.wait_for_space(self._block_timeout):
             return True
         if self._queue_full == "drop":
             self._stats.add("dropped")
             self._log.warning(
                 "queue-full",
                 "publish queue full (%d events): an event of signal %r was not published; "
-                "Redis is slow or unreachable",
+                "Redis is %s",
                 size,
                 channel,
+                "failing" if not self._healthy else "too slow",
             )
             return False
         raise PublishError(
@@ -167,6 +172,7 @@ class Publisher:
             try:
                 self._publish_batch(self._in_flight)
             except Exception as exc:  # Redis away, or a bug: either way the thread goes on
+                self._healthy = False
                 self._stats.add("publish_retries")
                 self._log.warning(
                     "publish-failed",
@@ -179,7 +185,7 @@ class Publisher:
                     return
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
-            backoff = 0.05
+            backoff, self._healthy = 0.05, True
             for item in self._in_flight:
                 if isinstance(item, _FlushMarker):
                     item.done.set()

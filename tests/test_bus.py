@@ -54,3 +54,15 @@ def test_numsub_counts_processes_and_last_disconnect_unsubscribes(
     assert raw.pubsub_numsub(channel) == [(channel.encode(), 1)]
     signal.disconnect(second)
     wait_for(lambda: raw.pubsub_numsub(channel) == [(channel.encode(), 0)])
+
+
+def test_a_burst_faster_than_publishing_waits_for_room_instead_of_dropping(
+    make_bus: Callable[..., Bus],
+) -> None:
+    bus = make_bus(queue_size=50)  # the default queue_full="drop", Redis healthy
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    for n in range(5000):
+        signal.send("web", n=n)
+    assert bus.flush(10)
+    assert bus.stats()["published"] == 5000
+    assert bus.stats()["dropped"] == 0

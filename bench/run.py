@@ -1,0 +1,377 @@
+"""signalbus benchmarks: signalbus against the best plain redis-py (and blinker) does.
+
+    .venv/bin/python bench/run.py [--quick] [--rounds N]      (or: make bench)
+
+Starts one private Redis server and measures, against it, with real processes:
+
+(a) throughput, one sending process to one receiving process;
+(b) one-way latency p50/p99 at a steady 2,000 events/s;
+(c) the caller's cost of ``send()`` with one local receiver, against plain blinker;
+(d) fan-out from one sending process to four receiving processes.
+
+BENCHMARKS.md says what each figure means and how the baseline is defined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import blinker
+import redis
+import redis.utils
+from harness import BenchError, Outcome, Run, measure
+from sides import IP, SENDER, bus_signal
+
+import signalbus
+from signalbus.testing import RedisServer
+
+# A receiver that falls behind a burst makes Redis buffer for it; with the default
+# limits Redis would cut it off mid-run. Both sides run against this same server.
+SERVER_ARGS = ["--client-output-buffer-limit", "pubsub 0 0 0"]
+SIDE_ORDER = ("raw", "signalbus")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    throughput: int = 200_000
+    latency: int = 10_000
+    warmup: int = 1_000
+    rate: float = 2_000.0
+    calls: int = 100_000
+    repeats: int = 5
+    fanout: int = 100_000
+    fanout_receivers: int = 4
+
+
+QUICK = Sizes(throughput=50_000, latency=2_000, warmup=200, calls=20_000, repeats=3, fanout=10_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """signalbus / baseline must be ``at_least`` or at most ``limit``."""
+
+    limit: float
+    at_least: bool
+
+    def met(self, ratio: float) -> bool:
+        return ratio >= self.limit if self.at_least else ratio <= self.limit
+
+    def __str__(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.limit:g}x"
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table: a figure per side and round, compared as medians."""
+
+    label: str
+    unit: str
+    target: Target
+    baseline: str = "raw"
+    samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, side: str, value: float) -> None:
+        self.samples.setdefault(side, []).append(value)
+
+    def figure(self, side: str) -> float | None:
+        values = self.samples.get(side)
+        return statistics.median(values) if values else None
+
+    @property
+    def ratio(self) -> float | None:
+        ours, theirs = self.figure("signalbus"), self.figure(self.baseline)
+        return ours / theirs if ours is not None and theirs else None
+
+
+@dataclasses.dataclass
+class Bench:
+    url: str
+    sizes: Sizes
+    rounds: int
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    def prefix(self, scenario: str, side: str) -> str:
+        """A channel prefix of its own for every measurement."""
+        return f"bench-{uuid.uuid4().hex[:8]}-{scenario}-{side}:"
+
+    def each_round(
+        self, scenario: str, measure_side: Callable[[str, str], Outcome]
+    ) -> Iterator[tuple[str, Outcome]]:
+        """``measure_side(side, prefix)`` for both sides, alternating, round after round.
+
+        Alternating spreads the machine's noise over both sides; a failure is noted and
+        skipped, not raised.
+        """
+        for number in range(1, self.rounds + 1):
+            for side in SIDE_ORDER:
+                progress(f"({scenario}) {side}, round {number}/{self.rounds}")
+                try:
+                    outcome = measure_side(side, self.prefix(scenario, side))
+                except BenchError as exc:
+                    self.errors.append(f"({scenario}) {side}: {exc}")
+                    progress(f"({scenario}) {side} FAILED: {exc}")
+                    continue
+                yield side, outcome
+
+
+def progress(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+# -- the scenarios ------------------------------------------------------------------
+
+
+def throughput(bench: Bench) -> list[Row]:
+    count = bench.sizes.throughput
+    row = Row("(a) throughput 1 -> 1", "events/s", Target(0.7, at_least=True))
+    row.notes.append(f"{count:,} events, first send to last receive")
+
+    def one(side: str, prefix: str) -> Outcome:
+        return measure(Run(side, bench.url, prefix, count))
+
+    for side, outcome in bench.each_round("a", one):
+        row.add(side, count / (outcome.last_received - outcome.started))
+        _note_drops(row, side, outcome)
+    return [row]
+
+
+def latency(bench: Bench) -> list[Row]:
+    sizes = bench.sizes
+    p50 = Row(f"(b) latency p50 @ {sizes.rate:,.0f}/s", "µs", Target(1.3, at_least=False))
+    p99 = Row(f"(b) latency p99 @ {sizes.rate:,.0f}/s", "µs", Target(1.5, at_least=False))
+    p50.notes.append(f"{sizes.latency:,} events after {sizes.warmup:,} warm-up, sent one at a time")
+    count = sizes.warmup + sizes.latency
+    slowest: dict[str, float] = {}
+
+    def one(side: str, prefix: str) -> Outcome:
+        return measure(
+            Run(
+                side,
+                bench.url,
+                prefix,
+                count,
+                rate=sizes.rate,
+                warmup=sizes.warmup,
+                latencies=True,
+            )
+        )
+
+    for side, outcome in bench.each_round("b", one):
+        cuts = statistics.quantiles(outcome.latencies, n=100, method="inclusive")
+        p50.add(side, cuts[49] * 1e6)
+        p99.add(side, cuts[98] * 1e6)
+        rate = count / (outcome.sent - outcome.started)
+        slowest[side] = min(rate, slowest.get(side, rate))
+    p99.notes.append(
+        "slowest send rate: " + ", ".join(f"{side} {rate:,.0f}/s" for side, rate in slowest.items())
+    )
+    return [p50, p99]
+
+
+def send_cost(bench: Bench) -> list[Row]:
+    """In this process: no remote receivers, but the signal's bus encodes and queues."""
+    sizes = bench.sizes
+    row = Row(
+        "(c) send() cost, 1 local receiver", "µs/call", Target(4.0, at_least=False), "blinker"
+    )
+    row.notes.append(f"best of {sizes.repeats} x {sizes.calls:,} calls, in one process")
+    progress("(c) blinker")
+    plain = blinker.Signal()
+    plain.connect(_receiver)
+    cost, _ = _time_sends(plain.send, sizes, lambda: None)
+    row.add("blinker", cost)
+
+    progress("(c) signalbus")
+    prefix = bench.prefix("c", "signalbus")
+    # Room for a whole repeat: the queue is flushed between repeats, never overflows.
+    with signalbus.Bus(bench.url, prefix=prefix, queue_size=2 * sizes.calls) as bus:
+        signal = bus_signal(bus)
+        signal.connect(_receiver)
+        cost, flushed = _time_sends(signal.send, sizes, bus.flush)
+    row.add("signalbus", cost)
+    stats = bus.stats()
+    row.notes.append(f"signalbus {flushed:.2f} µs/call counting the flush")
+    row.notes.append(f"signalbus published {stats['published']:,}, dropped {stats['dropped']}")
+    return [row]
+
+
+def _receiver(sender: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _time_sends(
+    send: Callable[..., Any], sizes: Sizes, flush: Callable[[], Any]
+) -> tuple[float, float]:
+    """Best µs per call over the repeats: the calls alone, and the calls plus ``flush()``."""
+    best = best_flushed = math.inf
+    ts = time.time()
+    for _ in range(sizes.repeats):
+        flush()
+        start = time.perf_counter()
+        for i in range(sizes.calls):
+            send(SENDER, user_id=i, ip=IP, ts=ts)
+        sent = time.perf_counter()
+        flush()
+        flushed = time.perf_counter()
+        best = min(best, sent - start)
+        best_flushed = min(best_flushed, flushed - start)
+    return best / sizes.calls * 1e6, best_flushed / sizes.calls * 1e6
+
+
+def fanout(bench: Bench) -> list[Row]:
+    sizes = bench.sizes
+    receivers = sizes.fanout_receivers
+    row = Row(f"(d) fan-out 1 -> {receivers}", "events/s", Target(0.7, at_least=True))
+    row.notes.append(f"{sizes.fanout:,} events x {receivers} receiving processes, all delivered")
+    delivered = sizes.fanout * receivers
+
+    def one(side: str, prefix: str) -> Outcome:
+        return measure(Run(side, bench.url, prefix, sizes.fanout, receivers=receivers))
+
+    for side, outcome in bench.each_round("d", one):
+        row.add(side, delivered / (outcome.last_received - outcome.started))
+        _note_drops(row, side, outcome)
+    return [row]
+
+
+def _note_drops(row: Row, side: str, outcome: Outcome) -> None:
+    dropped = outcome.sender_stats.get("dropped", 0)
+    if dropped:
+        row.notes.append(f"{side} sender DROPPED {dropped:,}")
+
+
+SCENARIOS: list[Callable[[Bench], list[Row]]] = [throughput, latency, send_cost, fanout]
+
+
+# -- the report -----------------------------------------------------------------------
+
+
+def machine(server: RedisServer) -> str:
+    client = server.client()
+    try:
+        server_version = client.info("server")["redis_version"]
+    finally:
+        client.close()
+    hiredis = "with hiredis" if redis.utils.HIREDIS_AVAILABLE else "WITHOUT hiredis"
+    return (
+        f"machine: {os.cpu_count()} cores ({_cpu_model()}), {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, redis-server "
+        f"{server_version}, redis-py {redis.__version__} {hiredis}, signalbus {_source()}"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _source() -> str:
+    """The commit signalbus was measured at, and whether its files differ from it."""
+    package = Path(signalbus.__file__).parent
+    git = ["git", "-C", str(package)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "(not a git checkout)"
+    return f"at {commit}{' with uncommitted changes' if changes else ''}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [("scenario", "unit", "baseline", "", "signalbus", "ratio", "target", "")]
+    for row in rows:
+        ratio = row.ratio
+        verdict = "?" if ratio is None else "ok" if row.target.met(ratio) else "MISSED"
+        lines.append(
+            (
+                row.label,
+                row.unit,
+                _figure(row.figure(row.baseline)),
+                row.baseline,
+                _figure(row.figure("signalbus")),
+                "-" if ratio is None else f"{ratio:.2f}x",
+                str(row.target),
+                verdict,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = [
+        "  ".join(
+            cell.rjust(width) if column in (2, 4, 5) else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in lines
+    ]
+    out.insert(1, "-" * max(len(line) for line in out))
+    return "\n".join(out)
+
+
+def notes(rows: list[Row], rounds: int) -> str:
+    lines = []
+    for row in rows:
+        details = list(row.notes)
+        if rounds > 1:
+            details += [
+                f"{side} rounds {' '.join(_figure(value) for value in values)}"
+                for side, values in row.samples.items()
+                if len(values) > 1
+            ]
+        if details:
+            lines.append(f"{row.label}: {'; '.join(details)}")
+    return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    if value is None:
+        return "failed"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer events, one round")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds per multi-process scenario, figures are medians"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else Sizes()
+    rounds = args.rounds or (1 if args.quick else 3)
+    started = time.monotonic()
+    with RedisServer(SERVER_ARGS) as server:
+        print(machine(server), flush=True)
+        bench = Bench(server.url, sizes, rounds)
+        rows = [row for scenario in SCENARIOS for row in scenario(bench)]
+    print(f"\n{table(rows)}\n\n{notes(rows, rounds)}")
+    kind = "quick run" if args.quick else "run"
+    how = f"{rounds} rounds, medians shown" if rounds > 1 else "1 round"
+    print(f"\n{kind}: {how}, {time.monotonic() - started:.0f}s")
+    for error in bench.errors:
+        print(f"\nERROR {error}", file=sys.stderr)
+    return 1 if bench.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The two sides compared: signalbus, and the best plain redis-py does ("raw").
+
+Each side offers the same three things, so the harness is shared and only these vary:
+
+- ``receive(url, prefix, on_event, ready, idle_timeout)``: subscribe, call ``ready()``
+  once the server confirmed the subscription, then pass every event's kwargs to
+  ``on_event`` until it returns True.
+- ``sender(url, prefix, paced)``: a :class:`Sender`.
+- the event: kwargs ``user_id`` (int), ``ip`` (str), ``ts`` (float), msgpack on the wire.
+
+The raw baseline is redis-py with hiredis: the publisher pipelines batches of 100
+PUBLISH (a paced sender publishes each event at once instead, as batching would only
+delay it), the subscriber iterates ``pubsub.listen()``, and the payload is
+``msgpack.packb`` of the same kwargs dict.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgpack
+import redis
+
+import signalbus
+
+NAMESPACE = "bench"
+SIGNAL = "logged-in"
+SENDER = "bench"
+IP = "10.0.0.1"
+RAW_BATCH = 100
+
+OnEvent = Callable[[dict[str, Any]], bool]
+"""Gets each event's kwargs; returns True when it wants no more."""
+
+
+class Sender(Protocol):
+    def send(self, user_id: int, ts: float) -> None: ...
+
+    def finish(self) -> dict[str, int]:
+        """Wait until everything sent is on the server, close, return counters."""
+        ...
+
+
+class Side(Protocol):
+    name: str
+
+    def receive(
+        self,
+        url: str,
+        prefix: str,
+        on_event: OnEvent,
+        ready: Callable[[], None],
+        idle_timeout: float,
+    ) -> None: ...
+
+    def sender(self, url: str, prefix: str, *, paced: bool) -> Sender: ...
+
+
+def channel(prefix: str) -> str:
+    """The channel both sides use: signalbus's ``<prefix><namespace>.<signal>``."""
+    return f"{prefix}{NAMESPACE}.{SIGNAL}"
+
+
+def raw_client(url: str, **options: Any) -> redis.Redis:
+    # redis-py 8 speaks RESP3 by default; signalbus speaks RESP2, so the baseline does
+    # too, or the comparison would measure the protocols rather than the libraries.
+    return redis.Redis.from_url(url, protocol=2, **options)
+
+
+class RawSender:
+    def __init__(self, url: str, prefix: str, batch: int) -> None:
+        self._client = raw_client(url)
+        self._pipe = self._client.pipeline(transaction=False)
+        self._channel = channel(prefix)
+        self._batch = batch
+
+    def send(self, user_id: int, ts: float) -> None:
+        data = msgpack.packb({"user_id": user_id, "ip": IP, "ts": ts})
+        if self._batch == 1:
+            self._client.publish(self._channel, data)
+            return
+        self._pipe.publish(self._channel, data)
+        if len(self._pipe) >= self._batch:
+            self._pipe.execute()
+
+    def finish(self) -> dict[str, int]:
+        if len(self._pipe):
+            self._pipe.execute()
+        self._client.close()
+        return {}
+
+
+class RawSide:
+    name = "raw"
+
+    def receive(
+        self,
+        url: str,
+        prefix: str,
+        on_event: OnEvent,
+        ready: Callable[[], None],
+        idle_timeout: float,
+    ) -> None:
+        client = raw_client(url, socket_timeout=idle_timeout)
+        pubsub = client.pubsub()
+        pubsub.subscribe(channel(prefix))
+        try:
+            for message in pubsub.listen():
+                kind = message["type"]
+                if kind == "message":
+                    if on_event(msgpack.unpackb(message["data"])):
+                        return
+                elif kind == "subscribe":
+                    ready()
+        finally:
+            pubsub.close()
+            client.close()
+
+    def sender(self, url: str, prefix: str, *, paced: bool) -> Sender:
+        return RawSender(url, prefix, batch=1 if paced else RAW_BATCH)
+
+
+def bus_signal(bus: signalbus.Bus) -> signalbus.Signal:
+    return signalbus.Namespace(NAMESPACE, bus=bus).signal(SIGNAL)
+
+
+class BusSender:
+    def __init__(self, url: str, prefix: str, **bus_options: Any) -> None:
+        self._bus = signalbus.Bus(url, prefix=prefix, **bus_options)
+        self._send = bus_signal(self._bus).send
+
+    def send(self, user_id: int, ts: float) -> None:
+        self._send(SENDER, user_id=user_id, ip=IP, ts=ts)
+
+    def finish(self) -> dict[str, int]:
+        if not self._bus.flush(timeout=60):
+            raise RuntimeError("signalbus: flush() timed out after 60s")
+        stats = self._bus.stats()
+        self._bus.close()
+        return stats
+
+
+class BusSide:
+    name = "signalbus"
+
+    def receive(
+        self,
+        url: str,
+        prefix: str,
+        on_event: OnEvent,
+        ready: Callable[[], None],
+        idle_timeout: float,
+    ) -> None:
+        done = threading.Event()
+
+        def receiver(sender: Any, **kwargs: Any) -> None:
+            if on_event(kwargs):
+                done.set()
+
+        with signalbus.Bus(url, prefix=prefix) as bus:
+            signal = bus_signal(bus)
+            signal.connect(receiver)  # returns once the server confirmed the subscription
+            ready()
+            received = bus.stats
+            seen = -1
+            while not done.wait(idle_timeout):
+                if received()["received"] == seen:
+                    raise TimeoutError(f"no event for {idle_timeout}s")
+                seen = received()["received"]
+
+    def sender(self, url: str, prefix: str, *, paced: bool) -> Sender:
+        # Default options, as an application would have them: with Redis healthy a burst
+        # that fills the queue waits for room rather than dropping.
+        return BusSender(url, prefix)
+
+
+SIDES: dict[str, Side] = {side.name: side for side in (RawSide(), BusSide())}
