@@ -127,13 +127,12 @@ class Bus:
             log=log,
             **self._publisher_options,
         )
-        dispatcher = Dispatcher(
-            self.codec, self._signals_for, self._token, stats=self._stats, log=log
-        )
+        dispatcher = Dispatcher(self.codec, self._signals_for, stats=self._stats, log=log)
         self._subscriber = Subscriber(
             lambda: SubscribeConnection(self.client),
             dispatcher,
             self._is_wanted,
+            self._token,
             stats=self._stats,
             log=log,
             backlog=self._dispatch_backlog,

@@ -22,6 +22,7 @@ import decimal
 import enum
 import functools
 import sys
+import threading
 import types
 import typing as t
 import uuid
@@ -121,6 +122,13 @@ _PLAIN_SENDER_TYPES = (str, int)
 _BUILTIN_BASES = (str, bytes, int, float, dict, list)
 
 
+class _PackerPerThread(threading.local):
+    """Each thread's own Packer (``threading.local`` runs ``__init__`` once per thread)."""
+
+    def __init__(self, default: Callable[[Any], Any]) -> None:
+        self.packer: msgpack.Packer | None = msgpack.Packer(default=default, strict_types=True)
+
+
 class Codec:
     """Turns events into bytes and back, for one bus.
 
@@ -164,6 +172,7 @@ class Codec:
             Ext.SENDER: lambda p, _: self._senders_by_name.get(p.decode(), p.decode()),
         }
         self._top_ext_hook = functools.partial(self._ext_hook, 0)
+        self._local = _PackerPerThread(self._default)
 
     # -- registries ---------------------------------------------------------------
 
@@ -218,7 +227,7 @@ class Codec:
         wire_sender = self._wire_sender(channel, sender)
         envelope = [ENVELOPE_VERSION, token, seq, channel, wire_sender, kwargs, timestamp, origin]
         try:
-            data = self._pack(envelope)
+            data = self._pack_envelope(envelope)
         except (TypeError, ValueError, OverflowError) as exc:
             raise self._explain(channel, kwargs, exc) from exc
         if len(data) > self.max_message_size:
@@ -227,6 +236,26 @@ class Codec:
                 f"max_message_size of {self.max_message_size}; send an id or a reference "
                 "instead of the data, or raise max_message_size"
             )
+        return data
+
+    def _pack_envelope(self, envelope: list[Any]) -> bytes:
+        """Pack with this thread's reusable Packer (cheaper than a new one per event).
+
+        The Packer is taken out while in use, so a re-entrant call (an ``encode``
+        function that sends an event) gets a fresh one instead of corrupting it.
+        """
+        local = self._local
+        packer = getattr(local, "packer", None)
+        if packer is None:
+            return self._pack(envelope)
+        local.packer = None
+        try:
+            data: bytes = packer.pack(envelope)
+        except BaseException:
+            packer.reset()
+            raise
+        finally:
+            local.packer = packer
         return data
 
     def _pack(self, value: Any) -> bytes:

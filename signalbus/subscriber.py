@@ -1,13 +1,14 @@
 """The receiving side: a reader thread on the socket, a dispatcher thread for receivers.
 
 The reader only reads: it keeps the connection subscribed to the wanted channels
-(resubscribing after any reconnect), pings a quiet connection to find out whether it
-is dead, and hands each message to the dispatcher through a bounded handoff. When
-receivers fall behind and the handoff is full, the reader waits, Redis buffers, and
-if Redis's output-buffer limit cuts the connection the reader notices, logs, counts
-and reconnects. The dispatcher decodes each message and runs the receivers; a
-receiver that raises is logged and counted and the others still run. Neither thread
-ever dies of an error: both log, back off and go on until the bus stops them.
+(resubscribing after any reconnect), skips the bus's own events (delivered locally
+already), pings a quiet connection to find out whether it is dead, and hands each
+message to the dispatcher through a bounded handoff. When receivers fall behind and
+the handoff is full, the reader waits, Redis buffers, and if Redis's output-buffer
+limit cuts the connection the reader notices, logs, counts and reconnects. The
+dispatcher decodes each message and runs the receivers; a receiver that raises is
+logged and counted and the others still run. Neither thread ever dies of an error:
+both log, back off and go on until the bus stops them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Subscriber:
         connect: Callable[[], SubscribeConnection],
         dispatch: Callable[[bytes, bytes], None],
         is_wanted: Callable[[bytes], bool],
+        own_token: bytes,
         *,
         stats: Stats,
         log: ThrottledLog,
@@ -56,6 +58,7 @@ class Subscriber:
     ) -> None:
         self._conn = connect()
         self._dispatch = dispatch
+        self._own_head = ENVELOPE_HEAD + own_token
         self._is_wanted = is_wanted
         self._stats = stats
         self._log = log
@@ -192,9 +195,12 @@ class Subscriber:
             return
         self._heard = True
         if type(reply) is list and reply[0] == b"message":
-            self._handoff.put((reply[1], reply[2]))
-            if self._handoff.full():
-                self._wait_for_dispatcher()
+            if reply[2].startswith(self._own_head):  # our own event, delivered locally already
+                self._stats.own_skipped += 1
+            else:
+                self._handoff.put((reply[1], reply[2]))
+                if self._handoff.full():
+                    self._wait_for_dispatcher()
         elif type(reply) is list and reply[0] in (b"subscribe", b"unsubscribe"):
             self._on_confirmation(reply[0], reply[1])
         elif isinstance(reply, Exception):
@@ -270,21 +276,16 @@ class Dispatcher:
         self,
         codec: Codec,
         signals_for: Callable[[bytes], Sequence[Signal]],
-        own_token: bytes,
         *,
         stats: Stats,
         log: ThrottledLog,
     ) -> None:
         self._codec = codec
         self._signals_for = signals_for
-        self._own_head = ENVELOPE_HEAD + own_token
         self._stats = stats
         self._log = log
 
     def __call__(self, channel_key: bytes, data: bytes) -> None:
-        if data.startswith(self._own_head):
-            self._stats.own_skipped += 1
-            return
         self._stats.received += 1
         try:
             envelope = self._codec.decode(data)
