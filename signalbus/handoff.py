@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["Handoff"]
@@ -35,6 +36,12 @@ class Handoff(Generic[T]):
         if not self._ready.is_set():
             self._ready.set()
 
+    def put_front(self, items: list[T]) -> None:
+        """Put ``items`` back before everything waiting, in their order."""
+        self._items.extendleft(reversed(items))
+        if items and not self._ready.is_set():
+            self._ready.set()
+
     def wait_for_space(self, timeout: float) -> bool:
         """Wait until there is room; False if there is none after ``timeout`` seconds."""
         if not self.full():
@@ -44,11 +51,20 @@ class Handoff(Generic[T]):
             return True
         return self._space.wait(timeout) and not self.full()
 
-    def take(self, limit: int, timeout: float) -> list[T]:
-        """Up to ``limit`` items, oldest first, waiting up to ``timeout`` for the first."""
+    def take(
+        self, limit: int, timeout: float, other_work: Callable[[], object] | None = None
+    ) -> list[T]:
+        """Up to ``limit`` items, oldest first, waiting up to ``timeout`` for the first.
+
+        ``other_work``, checked after arming the wake-up, returns early (and empty)
+        when the consumer has something else to do; whoever makes that work calls
+        :meth:`wake`.
+        """
         items = self._items
         if not items:
             self._ready.clear()
+            if other_work is not None and other_work():
+                return []
             if not items and not self._ready.wait(timeout):
                 return []
         taken = [items.popleft() for _ in range(min(limit, len(items)))]

@@ -1,7 +1,15 @@
 """The background publisher: ``send()`` queues, one thread writes batches to Redis.
 
-The caller pays for a deque append, never for a network round trip. The queue is
-bounded; what happens when it is full is the bus's ``queue_full`` policy:
+The caller pays for a deque append, never for a network round trip: the thread
+writes what is queued in one system call and reads the replies. When the bus has
+been quiet (no send for ``direct_write_gap`` seconds) and nothing is queued, there is
+nothing to batch with, so ``send()`` writes its event to the socket itself (a write,
+not a round trip) and the thread reads the reply: a lone event does not wait for a
+thread to wake up. Replies come back in order; on a failure everything written but
+not answered goes back to the front of the queue, so a short outage loses nothing
+(and may publish an event twice: delivery is at least once).
+
+The queue is bounded; what happens when it is full is the bus's ``queue_full`` policy:
 
 - ``"drop"`` (the default): while Redis is failing, the new event is not published; it
   is logged (throttled) and counted in ``stats()["dropped"]``, and local receivers
@@ -12,15 +20,15 @@ bounded; what happens when it is full is the bus's ``queue_full`` policy:
   :class:`PublishError`.
 - ``"raise"``: ``send()`` raises :class:`PublishError` at once.
 
-While Redis is away the thread keeps the batch it holds and retries with backoff, so
-a short outage loses nothing. What is still queued when the bus closes, after its
-flush timeout, is counted as dropped and logged.
+What is still unpublished when the bus closes, after its flush timeout, is counted
+as dropped and logged.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
@@ -58,6 +66,7 @@ class Publisher:
         queue_size: int,
         queue_full: QueueFullPolicy,
         block_timeout: float,
+        direct_write_gap: float = 0.0002,
         batch_size: int = 2048,
         max_backoff: float = 2.0,
     ) -> None:
@@ -68,24 +77,49 @@ class Publisher:
         self._queue: Handoff[_Item] = Handoff(queue_size)
         self._queue_full = queue_full
         self._block_timeout = block_timeout
+        self._direct_write_gap = direct_write_gap
         self._batch_size = batch_size
         self._max_backoff = max_backoff
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one writer on the socket at a time
+        self._unanswered: deque[list[_Item]] = deque()  # written, replies not read yet
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._in_flight: list[_Item] = []  # the batch the thread holds
         self._healthy = True  # False from a failed publish to the next good one
+        self._last_submit = 0.0
 
     def submit(self, channel_key: bytes, data: bytes, channel: str) -> None:
         """Publish ``data`` on ``channel_key``: at once if synchronous, else queued."""
         if self.synchronous:
             self._publish_now(channel_key, data, channel)
             return
+        now = time.monotonic()
+        quiet, self._last_submit = now - self._last_submit > self._direct_write_gap, now
+        if quiet and self._write_directly((channel_key, data)):
+            return
         if self._queue.full() and not self._make_room(channel):
             return
         self._queue.put((channel_key, data))
         if self._thread is None:
             self._start()
+
+    def _write_directly(self, event: tuple[bytes, bytes]) -> bool:
+        """Write ``event`` now if nothing is queued before it; the thread reads the reply."""
+        if not (self._healthy and self._thread is not None and not len(self._queue)):
+            return False
+        if not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            if len(self._queue):
+                return False
+            self._connection.write([event])
+            self._unanswered.append([event])
+        except TransportError:
+            return False  # queued instead; the thread meets the failure and reconnects
+        finally:
+            self._write_lock.release()
+        self._queue.wake()
+        return True
 
     def _make_room(self, channel: str) -> bool:
         size = self._queue.maxsize
@@ -143,7 +177,10 @@ class Publisher:
         if thread is not None:
             # A thread backing off sees the stop at once: a short grace even past the deadline.
             thread.join(max(0.5, deadline - time.monotonic()))
-        left = [item for item in self._in_flight + self._queue.clear() if isinstance(item, tuple)]
+        with self._write_lock:
+            unanswered = [item for batch in self._unanswered for item in batch]
+            left = [item for item in unanswered + self._queue.clear() if isinstance(item, tuple)]
+            self._connection.close()
         if left:
             self._stats.add("dropped", len(left))
             self._log.warning(
@@ -151,7 +188,6 @@ class Publisher:
                 "bus closed with %d events not published (Redis slow or unreachable)",
                 len(left),
             )
-        self._connection.close()
 
     def _start(self) -> None:
         with self._lock:
@@ -164,38 +200,42 @@ class Publisher:
     def _run(self) -> None:
         backoff = 0.05
         while True:
-            if not self._in_flight:
-                if self._stopping.is_set():
-                    return
-                self._in_flight = self._queue.take(self._batch_size, timeout=0.5)
-                continue
             try:
-                self._publish_batch(self._in_flight)
+                if self._unanswered:
+                    self._read_answers()
+                    backoff, self._healthy = 0.05, True
+                elif self._stopping.is_set() and not len(self._queue):
+                    return
+                else:
+                    self._write_batch(self._queue.take(self._batch_size, timeout=0.5))
             except Exception as exc:  # Redis away, or a bug: either way the thread goes on
                 self._healthy = False
                 self._stats.add("publish_retries")
                 self._log.warning(
                     "publish-failed",
-                    "cannot publish %d events, will retry: %s",
-                    len(self._in_flight),
+                    "cannot publish, will retry: %s",
                     exc,
                     exc_info=not isinstance(exc, TransportError),
                 )
+                self._requeue_unanswered()
                 if self._stopping.wait(backoff):
                     return
                 backoff = min(backoff * 2, self._max_backoff)
-                continue
-            backoff, self._healthy = 0.05, True
-            for item in self._in_flight:
-                if isinstance(item, _FlushMarker):
-                    item.done.set()
-            self._in_flight = []
 
-    def _publish_batch(self, batch: list[_Item]) -> None:
-        events = [item for item in batch if isinstance(item, tuple)]
-        if not events:
+    def _write_batch(self, batch: list[_Item]) -> None:
+        if not batch:
             return
-        errors = self._connection.publish(events)
+        with self._write_lock:
+            self._unanswered.append(batch)  # first, so a failed write is requeued too
+            events = [item for item in batch if isinstance(item, tuple)]
+            if events:
+                self._connection.write(events)
+
+    def _read_answers(self) -> None:
+        batch = self._unanswered[0]
+        events = [item for item in batch if isinstance(item, tuple)]
+        errors = self._connection.read_replies(len(events))
+        self._unanswered.popleft()
         refused = [
             (key, error)
             for (key, _), error in zip(events, errors, strict=True)
@@ -212,3 +252,14 @@ class Publisher:
                 key.decode(errors="replace"),
                 error,
             )
+        for item in batch:
+            if isinstance(item, _FlushMarker):
+                item.done.set()
+
+    def _requeue_unanswered(self) -> None:
+        """Start again on a fresh connection with everything not known to be published."""
+        with self._write_lock:
+            self._connection.close()  # no reply of the old connection can be misread
+            items = [item for batch in self._unanswered for item in batch]
+            self._unanswered.clear()
+            self._queue.put_front(items)

@@ -48,32 +48,48 @@ def _publish_head(channel: bytes) -> bytes:
 
 
 class PublishConnection:
-    """Writes batches of PUBLISH; used by one thread at a time."""
+    """Writes batches of PUBLISH, and reads their replies later.
+
+    Writes and reads may happen in different threads (one writer at a time, one
+    reader); replies come back in the order the commands were written.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self._conn = _dedicated_connection(client)
 
-    def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> list[Exception | None]:
-        """Publish every ``(channel, data)`` in one round trip.
-
-        Returns, per message, ``None`` or the error Redis answered with (an ACL
-        refusal, say). Raises :class:`TransportError` when the connection fails,
-        after which it is unknown which messages reached the server.
-        """
+    def write(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """Write a PUBLISH for every ``(channel, data)``, in one system call."""
         parts: list[bytes] = []
         for channel, data in messages:
             parts += (_publish_head(channel), b"$%d\r\n" % len(data), data, b"\r\n")
-        buffer = b"".join(parts)
         try:
-            self._conn.send_packed_command([buffer], check_health=False)
-            return [self._read_reply() for _ in messages]
+            self._conn.send_packed_command([b"".join(parts)], check_health=False)
         except _NETWORK_ERRORS as exc:
-            self._conn.disconnect()
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
+
+    def read_replies(self, count: int) -> list[Exception | None]:
+        """The next ``count`` replies: ``None``, or the error Redis answered with.
+
+        Raises :class:`TransportError` when the connection fails, after which it is
+        unknown which of the written messages reached the server.
+        """
+        try:
+            return [self._read_reply() for _ in range(count)]
+        except _NETWORK_ERRORS as exc:
+            raise TransportError(f"publishing to Redis failed: {exc}") from exc
+
+    def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> list[Exception | None]:
+        """Write and wait for the replies: one round trip."""
+        try:
+            self.write(messages)
+            return self.read_replies(len(messages))
+        except TransportError:
+            self.close()
+            raise
 
     def _read_reply(self) -> Exception | None:
         try:
-            self._conn.read_response()
+            self._conn.read_response(disconnect_on_error=False)
         except ResponseError as exc:
             return exc
         return None

@@ -724,7 +724,10 @@ def test_queue_full_drop_counts_and_never_raises(unreachable_bus: Callable[..., 
     for n in range(50):
         signal.send("web", n=n)
     assert ran == list(range(50))
-    assert bus.stats()["dropped"] >= 48  # at most one queued and one held by the thread
+    # Before the first failure shows Redis is away, a full queue waits for room: at most
+    # three events get in (one taken by the thread, one queued, one let in after the
+    # thread's first attempt failed); every other one is dropped at once.
+    assert bus.stats()["dropped"] >= 47
     bus.close(timeout=0.3)
     # Never dropped in silence: what was still waiting at close is counted too.
     assert bus.stats()["dropped"] == 50
