@@ -122,14 +122,14 @@ class Bus:
         self._stats = Stats()
         log = ThrottledLog()
         self._publisher = Publisher(
-            lambda: PublishConnection(self.client),
+            PublishConnection(self.client),
             stats=self._stats,
             log=log,
             **self._publisher_options,
         )
         dispatcher = Dispatcher(self.codec, self._signals_for, stats=self._stats, log=log)
         self._subscriber = Subscriber(
-            lambda: SubscribeConnection(self.client),
+            SubscribeConnection(self.client),
             dispatcher,
             self._is_wanted,
             self._token,

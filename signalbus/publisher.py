@@ -29,7 +29,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Literal
 
 from .errors import PublishError, TransportError
@@ -58,7 +57,7 @@ _Item = tuple[bytes, bytes] | _FlushMarker
 class Publisher:
     def __init__(
         self,
-        connect: Callable[[], PublishConnection],
+        connection: PublishConnection,
         *,
         stats: Stats,
         log: ThrottledLog,
@@ -70,7 +69,7 @@ class Publisher:
         batch_size: int = 2048,
         max_backoff: float = 2.0,
     ) -> None:
-        self._connection = connect()
+        self._connection = connection
         self._stats = stats
         self._log = log
         self.synchronous = synchronous

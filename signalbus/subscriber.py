@@ -46,7 +46,7 @@ class Subscriber:
 
     def __init__(
         self,
-        connect: Callable[[], SubscribeConnection],
+        connection: SubscribeConnection,
         dispatch: Callable[[bytes, bytes], None],
         is_wanted: Callable[[bytes], bool],
         own_token: bytes,
@@ -56,7 +56,7 @@ class Subscriber:
         backlog: int,
         keepalive: float = 15.0,
     ) -> None:
-        self._conn = connect()
+        self._conn = connection
         self._dispatch = dispatch
         self._own_head = ENVELOPE_HEAD + own_token
         self._is_wanted = is_wanted

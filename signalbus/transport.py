@@ -31,10 +31,21 @@ def client_from_url(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, protocol=2)
 
 
+# A server that stops answering (paused, or a network that drops packets) must turn
+# into an error the bus can act on, not a read that waits forever.
+DEFAULT_SOCKET_TIMEOUT = 10.0
+
+
 def _dedicated_connection(client: redis.Redis) -> Any:
-    """A connection of the client's kind, outside its pool, speaking RESP2."""
+    """A connection of the client's kind, outside its pool, speaking RESP2.
+
+    Its socket timeout is the client's, or ``DEFAULT_SOCKET_TIMEOUT`` if it has none.
+    """
     pool = client.connection_pool
-    return pool.connection_class(**dict(pool.connection_kwargs, protocol=2))
+    kwargs = dict(pool.connection_kwargs, protocol=2)
+    if kwargs.get("socket_timeout") is None:
+        kwargs["socket_timeout"] = DEFAULT_SOCKET_TIMEOUT
+    return pool.connection_class(**kwargs)
 
 
 def _bulk(value: bytes) -> bytes:

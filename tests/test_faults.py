@@ -231,3 +231,26 @@ def test_sparse_events_are_written_at_once_and_flush_sees_them(
         assert sender_bus.flush(5)
     assert [kwargs["n"] for _, kwargs in recorder.calls] == list(range(20))
     assert sender_bus.stats()["published"] == 20
+
+
+def test_a_paused_server_makes_drop_drop_instead_of_holding_senders(
+    own_server: RedisServer, prefix: str
+) -> None:
+    url = f"{own_server.url}?socket_timeout=0.5"
+    with Bus(url, prefix=prefix, queue_size=10, block_timeout=0.2) as bus:
+        signal = Namespace("auth", bus=bus).signal("logged-in")
+        signal.send("web", n=-1)
+        assert bus.flush(5)
+        own_server.pause()
+        try:
+            # The publisher's read times out, Redis counts as failing, and a full queue
+            # then drops at once: every send returns, and the loop ends.
+            for n in range(200):
+                signal.send("web", n=n)
+            wait_for(lambda: bus.stats()["dropped"] > 0)
+        finally:
+            own_server.resume()
+        assert bus.flush(10)
+        stats = bus.stats()
+        assert stats["published"] + stats["dropped"] >= 201
+        assert stats["dropped"] < 201
