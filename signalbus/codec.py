@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from .errors import ConfigurationError, DecodingError, EncodingError, MessageTooLargeError
+from .event import Event
 
 __all__ = ["ENVELOPE_VERSION", "Codec", "Envelope"]
 
@@ -74,6 +75,10 @@ class Envelope(NamedTuple):
     @property
     def id(self) -> str:
         return event_id(self.token.hex(), self.seq)
+
+    def remote_event(self) -> Event:
+        """What ``current_event()`` tells a receiver of this event in another process."""
+        return Event(self.id, self.channel, self.origin, self.timestamp, True)
 
 
 def event_id(token_hex: str, seq: int) -> str:
@@ -119,6 +124,7 @@ def _holds_timestamp(value: Any) -> bool:
 
 
 _PLAIN_SENDER_TYPES = (str, int)
+_ONLY_STR = frozenset({str})
 _BUILTIN_BASES = (str, bytes, int, float, dict, list)
 
 
@@ -350,7 +356,7 @@ class Codec:
             and type(seq) is int
             and type(channel) is str
             and type(kwargs) is dict
-            and all(type(key) is str for key in kwargs)
+            and _ONLY_STR.issuperset(map(type, kwargs))
             and type(timestamp) in (float, int)
             and type(origin) is str
         ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+from collections.abc import Callable
 from typing import NamedTuple
 
 __all__ = ["Event", "current_event"]
@@ -32,7 +33,9 @@ class Event(NamedTuple):
         return datetime.datetime.fromtimestamp(self.timestamp, datetime.UTC)
 
 
-_current: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+# The event being handled, or for a remote one a function that makes it: most
+# receivers never ask, so the dispatcher does not build an Event for every message.
+_current: contextvars.ContextVar[Event | Callable[[], Event] | None] = contextvars.ContextVar(
     "signalbus_current_event", default=None
 )
 
@@ -42,4 +45,5 @@ def current_event() -> Event | None:
 
     A send on a signal that has no bus is plain blinker, and has no event.
     """
-    return _current.get()
+    value = _current.get()
+    return value() if callable(value) else value

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from . import event as event_module
 from .codec import ENVELOPE_HEAD, Codec, Envelope
 from .errors import DecodingError, TransportError
-from .event import Event
 from .handoff import Handoff
 from .stats import Stats, ThrottledLog
 from .transport import SubscribeConnection
@@ -292,7 +291,6 @@ class Dispatcher:
         except DecodingError as exc:
             self._skip(channel_key, str(exc))
             return
-        event = Event(envelope.id, envelope.channel, envelope.origin, envelope.timestamp, True)
         candidates = self._signals_for(channel_key)
         if not candidates:  # its last receiver went a moment ago
             return
@@ -300,7 +298,7 @@ class Dispatcher:
         if not signals:
             self._skip(channel_key, f"the event names channel {envelope.channel!r}")
             return
-        token = event_module._current.set(event)
+        token = event_module._current.set(envelope.remote_event)
         try:
             for signal in signals:
                 self._run_receivers(signal, envelope)
