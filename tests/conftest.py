@@ -4,6 +4,7 @@ server of your own instead (fault tests still start their own)."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -61,6 +62,14 @@ def make_bus(redis_url: str, prefix: str) -> Iterator[Callable[..., Bus]]:
     yield make
     for bus in buses:
         bus.close(timeout=5)
+
+
+@pytest.fixture
+def unreachable_url() -> Iterator[str]:
+    """A Redis URL on a loopback port this test holds bound but never listens on."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"redis://127.0.0.1:{held.getsockname()[1]}/0"
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -61,12 +60,11 @@ def test_interpreter_exit_publishes_what_was_queued(
     assert [kwargs["n"] for _, kwargs in calls] == list(range(500))
 
 
-def test_interpreter_exit_does_not_hang_when_redis_is_away(prefix: str) -> None:
-    with socket.socket() as probe:  # a port nobody listens on: bound, never listening
-        probe.bind(("127.0.0.1", 0))
-        url = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
-        sender = Child("send", url, prefix, "10", "--close-timeout", "0.5")
-        assert sender.finish(timeout=30) == 0
+def test_interpreter_exit_does_not_hang_when_redis_is_away(
+    prefix: str, unreachable_url: str
+) -> None:
+    sender = Child("send", unreachable_url, prefix, "10", "--close-timeout", "0.5")
+    assert sender.finish(timeout=30) == 0
     assert "10 events not published" in sender.stderr()
 
 

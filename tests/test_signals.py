@@ -33,7 +33,6 @@ from signalbus.bus import default_bus
 
 from .helpers import Recorder, wait_for
 
-UNREACHABLE = "redis://127.0.0.1:1/0"
 """Nothing listens on port 1: connections are refused at once."""
 
 
@@ -91,14 +90,14 @@ def fake_bus(server: fakeredis.FakeServer, prefix: str) -> Iterator[Callable[...
 
 
 @pytest.fixture
-def unreachable_bus(prefix: str) -> Iterator[Callable[..., Bus]]:
+def unreachable_bus(prefix: str, unreachable_url: str) -> Iterator[Callable[..., Bus]]:
     """Make buses pointed at a server that is not there; closed quickly at teardown."""
     buses: list[Bus] = []
 
     def make(**options: Any) -> Bus:
         options.setdefault("prefix", prefix)
         options.setdefault("subscribe_timeout", 0.5)
-        bus = Bus(UNREACHABLE, **options)
+        bus = Bus(unreachable_url, **options)
         buses.append(bus)
         return bus
 
