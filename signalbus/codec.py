@@ -212,10 +212,6 @@ class Codec:
         self._types_by_class[cls] = entry
         self._types_by_name[entry.name] = entry
 
-    def sender_name(self, obj: Any) -> str | None:
-        """The name ``obj`` was registered under, if any."""
-        return self._sender_names.get(id(obj))
-
     # -- encoding -----------------------------------------------------------------
 
     def encode(
@@ -271,12 +267,17 @@ class Codec:
     def _ext(self, code: Ext, value: Any) -> msgpack.ExtType:
         return msgpack.ExtType(code, self._pack(value))
 
+    def _registered_sender(self, value: Any) -> msgpack.ExtType | None:
+        """``value`` as its registered sender name, if it was registered as a sender."""
+        name = self._sender_names.get(id(value))
+        return None if name is None else msgpack.ExtType(Ext.SENDER, name.encode())
+
     def _wire_sender(self, channel: str, sender: Any) -> Any:
         if sender is None or type(sender) in _PLAIN_SENDER_TYPES:
             return sender
-        name = self._sender_names.get(id(sender))
-        if name is not None:
-            return msgpack.ExtType(Ext.SENDER, name.encode())
+        registered = self._registered_sender(sender)
+        if registered is not None:
+            return registered
         raise EncodingError(
             f"signal {channel!r}: the sender {sender!r} (a {_type_name(type(sender))}) "
             "cannot cross processes; name it with bus.register_sender(sender, 'a-name'), "
@@ -291,9 +292,9 @@ class Codec:
         encoder = self._encoders.get(cls)
         if encoder is not None:
             return encoder(value)
-        sender_name = self._sender_names.get(id(value))
-        if sender_name is not None:
-            return msgpack.ExtType(Ext.SENDER, sender_name.encode())
+        registered_sender = self._registered_sender(value)
+        if registered_sender is not None:
+            return registered_sender
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
             return self._ext(Ext.DATACLASS, [_class_key(cls), fields])
