@@ -80,26 +80,32 @@ class Handoff(Generic[T]):
             return True
         return self._space.wait(timeout) and not self.full()
 
-    def take(
-        self, limit: int, timeout: float, other_work: Callable[[], object] | None = None
-    ) -> list[T]:
-        """Up to ``limit`` items, oldest first, waiting up to ``timeout`` for the first.
+    def wait(self, timeout: float, other_work: Callable[[], object] | None = None) -> bool:
+        """Wait up to ``timeout`` for items; True if there are some.
 
-        ``other_work``, checked after arming the wake-up, returns early (and empty)
-        when the consumer has something else to do; whoever makes that work calls
-        :meth:`wake`.
+        ``other_work``, checked after arming the wake-up, ends the wait early when the
+        consumer has something else to do; whoever makes that work calls :meth:`wake`.
         """
+        if self._items:
+            return True
+        self._ready.clear()
+        if self._items or (other_work is not None and other_work()):
+            return bool(self._items)
+        self._ready.wait(timeout)
+        return bool(self._items)
+
+    def take_nowait(self, limit: int) -> list[T]:
+        """Up to ``limit`` items, oldest first, without waiting."""
         items = self._items
-        if not items:
-            self._ready.clear()
-            if other_work is not None and other_work():
-                return []
-            if not items and not self._ready.wait(timeout):
-                return []
         taken = [items.popleft() for _ in range(min(limit, len(items)))]
         if not self._space.is_set() and len(items) < self.maxsize:
             self._space.set()
         return taken
+
+    def take(self, limit: int, timeout: float) -> list[T]:
+        """Up to ``limit`` items, oldest first, waiting up to ``timeout`` for the first."""
+        self.wait(timeout)
+        return self.take_nowait(limit)
 
     def clear(self) -> list[T]:
         """Remove and return everything waiting."""
@@ -110,5 +116,5 @@ class Handoff(Generic[T]):
         return taken
 
     def wake(self) -> None:
-        """Wake a consumer waiting in :meth:`take`, e.g. to let it see a stop flag."""
+        """Wake a consumer waiting in :meth:`wait`, e.g. to let it see a stop flag."""
         self._ready.set()

@@ -205,8 +205,8 @@ class Publisher:
                     backoff, self._healthy = 0.05, True
                 elif self._stopping.is_set() and not len(self._queue):
                     return
-                else:
-                    self._write_batch(self._queue.take(self._batch_size, timeout=0.5))
+                elif self._queue.wait(0.5, lambda: self._unanswered):
+                    self._write_batch()
             except Exception as exc:  # Redis away, or a bug: either way the thread goes on
                 self._healthy = False
                 self._stats.add("publish_retries")
@@ -221,10 +221,13 @@ class Publisher:
                     return
                 backoff = min(backoff * 2, self._max_backoff)
 
-    def _write_batch(self, batch: list[_Item]) -> None:
-        if not batch:
-            return
+    def _write_batch(self) -> None:
+        # Taken under the write lock: a direct write, which checks that the queue is
+        # empty under the same lock, can never overtake events taken but not yet written.
         with self._write_lock:
+            batch = self._queue.take_nowait(self._batch_size)
+            if not batch:
+                return
             self._unanswered.append(batch)  # first, so a failed write is requeued too
             events = [item for item in batch if isinstance(item, tuple)]
             if events:
