@@ -190,7 +190,9 @@ class Bus:
             timestamp=timestamp,
             origin=self.origin,
         )
-        self._publisher.submit(self._key(channel), data, channel)
+        self._publisher.submit(
+            self._keys.get(channel) or self._key(channel), data, channel, timestamp
+        )
         return Event(event_id(self._token_hex, seq), channel, self.origin, timestamp, False)
 
     def _key(self, channel: str) -> bytes:

@@ -87,12 +87,15 @@ class Publisher:
         self._healthy = True  # False from a failed publish to the next good one
         self._last_submit = 0.0
 
-    def submit(self, channel_key: bytes, data: bytes, channel: str) -> None:
-        """Publish ``data`` on ``channel_key``: at once if synchronous, else queued."""
+    def submit(self, channel_key: bytes, data: bytes, channel: str, now: float) -> None:
+        """Publish ``data`` on ``channel_key``: at once if synchronous, else queued.
+
+        ``now`` is the event's timestamp, reused to tell a quiet bus (a clock step
+        only costs one event its direct write, or gives it one).
+        """
         if self.synchronous:
             self._publish_now(channel_key, data, channel)
             return
-        now = time.monotonic()
         quiet, self._last_submit = now - self._last_submit > self._direct_write_gap, now
         if quiet and self._write_directly((channel_key, data)):
             return

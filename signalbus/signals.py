@@ -102,7 +102,7 @@ class Signal(blinker.NamedSignal):
         | None = None,
         **kwargs: t.Any,
     ) -> list[tuple[c.Callable[..., t.Any], t.Any]]:
-        bus = self.bus
+        bus = self._bus or bus_module._default  # self.bus, without a call on the hot path
         if bus is None:
             return super().send(sender, _async_wrapper=_async_wrapper, **kwargs)
         if self.is_muted:
