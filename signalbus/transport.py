@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import TransportError
+from .history import PUBLISH_SCRIPT, Keep
 
 __all__ = ["PublishConnection", "SubscribeConnection", "client_from_url"]
 
@@ -58,52 +60,84 @@ def _publish_head(channel: bytes) -> bytes:
     return b"*3\r\n" + _bulk(b"PUBLISH") + _bulk(channel)
 
 
+Outgoing = tuple[bytes, bytes, Keep | None]
+"""An event to publish: its channel key, its envelope, and where it is kept, if it is."""
+
+
 class PublishConnection:
-    """Writes batches of PUBLISH, and reads their replies later.
+    """Writes batches of events, and reads their replies later.
 
     Writes and reads may happen in different threads (one writer at a time, one
-    reader); replies come back in the order the commands were written.
+    reader); replies come back in the order the batches were written. A batch with
+    no event to keep is a pipeline of PUBLISH; one with any goes in one EVAL of the
+    history script, which keeps and publishes each event in order.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self._conn = _dedicated_connection(client)
 
-    def write(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write a PUBLISH for every ``(channel, data)``, in one system call."""
-        parts: list[bytes] = []
-        for channel, data in messages:
-            parts += (_publish_head(channel), b"$%d\r\n" % len(data), data, b"\r\n")
+    def write(self, events: Sequence[Outgoing]) -> None:
+        """Write ``events`` in one system call."""
+        if any(keep is not None for _, _, keep in events):
+            buffer = self._script_call(events)
+        else:
+            parts: list[bytes] = []
+            for channel, data, _ in events:
+                parts += (_publish_head(channel), b"$%d\r\n" % len(data), data, b"\r\n")
+            buffer = b"".join(parts)
         try:
-            self._conn.send_packed_command([b"".join(parts)], check_health=False)
+            self._conn.send_packed_command([buffer], check_health=False)
         except _NETWORK_ERRORS as exc:
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
 
-    def read_replies(self, count: int) -> list[Exception | None]:
-        """The next ``count`` replies: ``None``, or the error Redis answered with.
+    def _script_call(self, events: Sequence[Outgoing]) -> bytes:
+        keys: list[bytes] = []
+        args: list[bytes] = []
+        for channel, data, keep in events:
+            if keep is None:
+                keys.append(b"")
+                args += (channel, data, b"0", b"0")
+            else:
+                keys.append(keep.stream_key)
+                args += (channel, data, keep.max_count, keep.min_id(time.time()))
+        parts = [b"EVAL", PUBLISH_SCRIPT, b"%d" % len(keys), *keys, *args]
+        return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
+
+    def read_replies(self, events: Sequence[Outgoing]) -> list[Exception | None]:
+        """The replies to ``events``, written earlier: ``None`` per event, or the error
+        Redis answered with (an ACL refusal, say).
 
         Raises :class:`TransportError` when the connection fails, after which it is
-        unknown which of the written messages reached the server.
+        unknown which of the written events reached the server.
         """
         try:
-            return [self._read_reply() for _ in range(count)]
+            if not any(keep is not None for _, _, keep in events):
+                return [self._error_or_none(self._read_reply()) for _ in events]
+            reply = self._read_reply()
         except _NETWORK_ERRORS as exc:
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
+        if isinstance(reply, Exception):  # the script as a whole was refused
+            return [reply] * len(events)
+        return [self._error_or_none(result) for result in reply]
 
-    def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> list[Exception | None]:
+    def publish(self, events: Sequence[Outgoing]) -> list[Exception | None]:
         """Write and wait for the replies: one round trip."""
         try:
-            self.write(messages)
-            return self.read_replies(len(messages))
+            self.write(events)
+            return self.read_replies(events)
         except TransportError:
             self.close()
             raise
 
-    def _read_reply(self) -> Exception | None:
+    def _read_reply(self) -> Any:
         try:
-            self._conn.read_response(disconnect_on_error=False)
+            return self._conn.read_response(disconnect_on_error=False)
         except ResponseError as exc:
             return exc
-        return None
+
+    @staticmethod
+    def _error_or_none(reply: Any) -> Exception | None:
+        return reply if isinstance(reply, Exception) else None
 
     def close(self) -> None:
         self._conn.disconnect()
