@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -121,6 +122,8 @@ for i = 1, #KEYS do
 end
 return out
 """
+
+PUBLISH_SCRIPT_SHA = hashlib.sha1(PUBLISH_SCRIPT).hexdigest().encode()
 
 _ENTRY_ID = re.compile(r"\d+(-\d+)?")
 TimeBound = datetime.datetime | datetime.timedelta | str | None

@@ -12,16 +12,17 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import TransportError
-from .history import PUBLISH_SCRIPT, Keep
+from .history import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
 
 __all__ = ["PublishConnection", "SubscribeConnection", "client_from_url"]
 
@@ -54,6 +55,11 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+def _command(*parts: bytes) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
+
+
 @functools.lru_cache(maxsize=4096)
 def _publish_head(channel: bytes) -> bytes:
     """``PUBLISH channel`` in RESP, up to the message's length."""
@@ -69,17 +75,24 @@ class PublishConnection:
 
     Writes and reads may happen in different threads (one writer at a time, one
     reader); replies come back in the order the batches were written. A batch with
-    no event to keep is a pipeline of PUBLISH; one with any goes in one EVAL of the
-    history script, which keeps and publishes each event in order.
+    no event to keep is a pipeline of PUBLISH; one with any goes in one EVALSHA of the
+    history script, which keeps and publishes each event in order. The first such
+    batch on a connection loads the script first, in the same write.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self._conn = _dedicated_connection(client)
+        self._script_loaded = False
+        self._loads: deque[bool] = deque()  # per write, in order: did it load the script?
 
     def write(self, events: Sequence[Outgoing]) -> None:
         """Write ``events`` in one system call."""
+        loads = False
         if any(keep is not None for _, _, keep in events):
+            loads = not (self._script_loaded and self._conn.is_connected)
             buffer = self._script_call(events)
+            if loads:
+                buffer = _command(b"SCRIPT", b"LOAD", PUBLISH_SCRIPT) + buffer
         else:
             parts: list[bytes] = []
             for channel, data, _ in events:
@@ -89,6 +102,8 @@ class PublishConnection:
             self._conn.send_packed_command([buffer], check_health=False)
         except _NETWORK_ERRORS as exc:
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
+        self._script_loaded |= loads
+        self._loads.append(loads)
 
     def _script_call(self, events: Sequence[Outgoing]) -> bytes:
         keys: list[bytes] = []
@@ -100,8 +115,7 @@ class PublishConnection:
             else:
                 keys.append(keep.stream_key)
                 args += (channel, data, keep.max_count, keep.min_id(time.time()))
-        parts = [b"EVAL", PUBLISH_SCRIPT, b"%d" % len(keys), *keys, *args]
-        return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
+        return _command(b"EVALSHA", PUBLISH_SCRIPT_SHA, b"%d" % len(keys), *keys, *args)
 
     def read_replies(self, events: Sequence[Outgoing]) -> list[Exception | None]:
         """The replies to ``events``, written earlier: ``None`` per event, or the error
@@ -110,14 +124,23 @@ class PublishConnection:
         Raises :class:`TransportError` when the connection fails, after which it is
         unknown which of the written events reached the server.
         """
+        if not events:  # nothing was written for them
+            return []
         try:
+            loaded = self._loads.popleft()
             if not any(keep is not None for _, _, keep in events):
                 return [self._error_or_none(self._read_reply()) for _ in events]
+            load_reply = self._read_reply() if loaded else None
             reply = self._read_reply()
         except _NETWORK_ERRORS as exc:
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
+        if isinstance(reply, NoScriptError):
+            # The server's script cache was flushed: start again on a fresh connection.
+            raise TransportError(f"the history script is gone from the server: {reply}")
         if isinstance(reply, Exception):  # the script as a whole was refused
             return [reply] * len(events)
+        if isinstance(load_reply, Exception):
+            return [load_reply] * len(events)
         return [self._error_or_none(result) for result in reply]
 
     def publish(self, events: Sequence[Outgoing]) -> list[Exception | None]:
@@ -141,6 +164,8 @@ class PublishConnection:
 
     def close(self) -> None:
         self._conn.disconnect()
+        self._script_loaded = False
+        self._loads.clear()
 
 
 class SubscribeConnection:

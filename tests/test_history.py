@@ -183,3 +183,15 @@ def test_a_bad_history_option_is_refused(redis_url: str) -> None:
         History(max_count=0)
     with pytest.raises(ConfigurationError):
         History(max_age=datetime.timedelta(0))
+
+
+def test_a_flushed_script_cache_is_loaded_again(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str
+) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    sent(bus, signal, 1)
+    raw.script_flush()
+    sent(bus, signal, 1)
+    assert raw.xlen(stream(prefix)) == 2
+    assert bus.stats()["dropped"] == 0
