@@ -135,17 +135,21 @@ def progress(message: str) -> None:
 
 
 def throughput(bench: Bench) -> list[Row]:
+    """(a) with history kept (the default), and again with ``history=False``: its cost."""
     count = bench.sizes.throughput
-    row = Row("(a) throughput 1 -> 1", "events/s", Target(0.7, at_least=True))
-    row.notes.append(f"{count:,} events, first send to last receive")
+    rows = []
+    for title, bus_side in (("", "signalbus"), (", history off", "signalbus-no-history")):
+        row = Row(f"(a) throughput 1 -> 1{title}", "events/s", Target(0.7, at_least=True))
+        row.notes.append(f"{count:,} events, first send to last receive")
 
-    def one(side: str, prefix: str) -> Outcome:
-        return measure(Run(side, bench.url, prefix, count))
+        def one(side: str, prefix: str, bus_side: str = bus_side) -> Outcome:
+            return measure(Run(bus_side if side == "signalbus" else side, bench.url, prefix, count))
 
-    for side, outcome in bench.each_round("a", one):
-        row.add(side, count / (outcome.last_received - outcome.started))
-        _note_drops(row, side, outcome)
-    return [row]
+        for side, outcome in bench.each_round("a", one):
+            row.add(side, count / (outcome.last_received - outcome.started))
+            _note_drops(row, side, outcome)
+        rows.append(row)
+    return rows
 
 
 def latency(bench: Bench) -> list[Row]:

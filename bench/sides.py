@@ -143,7 +143,11 @@ class BusSender:
 
 
 class BusSide:
-    name = "signalbus"
+    """signalbus with default options, or with ``bus_options`` under another name."""
+
+    def __init__(self, name: str = "signalbus", **bus_options: Any) -> None:
+        self.name = name
+        self._bus_options = bus_options
 
     def receive(
         self,
@@ -159,7 +163,7 @@ class BusSide:
             if on_event(kwargs):
                 done.set()
 
-        with signalbus.Bus(url, prefix=prefix) as bus:
+        with signalbus.Bus(url, prefix=prefix, **self._bus_options) as bus:
             signal = bus_signal(bus)
             signal.connect(receiver)  # returns once the server confirmed the subscription
             ready()
@@ -173,7 +177,10 @@ class BusSide:
     def sender(self, url: str, prefix: str, *, paced: bool) -> Sender:
         # Default options, as an application would have them: with Redis healthy a burst
         # that fills the queue waits for room rather than dropping.
-        return BusSender(url, prefix)
+        return BusSender(url, prefix, **self._bus_options)
 
 
-SIDES: dict[str, Side] = {side.name: side for side in (RawSide(), BusSide())}
+SIDES: dict[str, Side] = {
+    side.name: side
+    for side in (RawSide(), BusSide(), BusSide("signalbus-no-history", history=False))
+}

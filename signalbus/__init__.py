@@ -7,6 +7,7 @@ runs the receivers connected in all of them.
 
 from .bus import Bus, configure
 from .errors import (
+    ArgumentError,
     ConfigurationError,
     DecodingError,
     EncodingError,
@@ -16,14 +17,17 @@ from .errors import (
     TransportError,
 )
 from .event import Event, current_event
+from .history import History
 from .signals import Namespace, Signal
 
 __all__ = [
+    "ArgumentError",
     "Bus",
     "ConfigurationError",
     "DecodingError",
     "EncodingError",
     "Event",
+    "History",
     "MessageTooLargeError",
     "Namespace",
     "PublishError",

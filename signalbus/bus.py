@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +23,8 @@ import redis
 from .codec import TOKEN_SIZE, Codec, event_id
 from .errors import ConfigurationError
 from .event import Event
+from .history import HistoryOption, Keep, TimeBound, keep_for, resolve
+from .history import read as read_history
 from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber
@@ -52,6 +54,9 @@ class Bus:
     - ``subscribe_timeout``: how long ``connect()`` waits for the server to confirm.
     - ``dispatch_backlog``: events read but not yet dispatched before reading pauses.
     - ``close_timeout``: how long ``close()`` (and interpreter exit) waits to flush.
+    - ``history``: how long signals keep their events (:class:`~signalbus.History`,
+      ``True`` for its defaults, ``False`` for none); a namespace or a signal may say
+      otherwise.
 
     Threads start on first use. A bus is a context manager; ``close()`` flushes.
     """
@@ -70,6 +75,7 @@ class Bus:
         subscribe_timeout: float = 5.0,
         dispatch_backlog: int = 10_000,
         close_timeout: float = 5.0,
+        history: HistoryOption = True,
     ) -> None:
         if queue_full not in QUEUE_FULL_POLICIES:
             raise ConfigurationError(
@@ -94,6 +100,8 @@ class Bus:
                 ) from exc
         self.client = client
         self.prefix = prefix
+        resolve(history)  # a bad option fails here, not at the first send
+        self.history = history
         self.subscribe_timeout = subscribe_timeout
         self.close_timeout = close_timeout
         self.codec = Codec(max_message_size=max_message_size)
@@ -190,10 +198,34 @@ class Bus:
             timestamp=timestamp,
             origin=self.origin,
         )
-        self._publisher.submit(
-            self._keys.get(channel) or self._key(channel), data, channel, timestamp
-        )
+        keep = signal._keep
+        if keep is None or keep[0] is not self:
+            keep = signal._keep = (self, self._keep_for(signal))
+        key = self._keys.get(channel) or self._key(channel)
+        self._publisher.submit((key, data, keep[1]), channel, timestamp)
         return Event(event_id(self._token_hex, seq), channel, self.origin, timestamp, False)
+
+    def _keep_for(self, signal: Signal) -> Keep | None:
+        return keep_for(self.prefix, signal.channel, resolve(signal.history_option, self.history))
+
+    def _read_history(
+        self, signal: Signal, since: TimeBound, until: TimeBound, limit: int | None
+    ) -> Iterator[Event]:
+        keep = self._keep_for(signal)
+        if keep is None:
+            raise ConfigurationError(
+                f"signal {signal.channel!r} keeps no history (history=False); nothing to read"
+            )
+        return read_history(
+            self.client,
+            self.codec,
+            signal,
+            keep.stream_key,
+            since=since,
+            until=until,
+            limit=limit,
+            own_token=self._token,
+        )
 
     def _key(self, channel: str) -> bytes:
         key = self._keys.get(channel)

@@ -4,6 +4,9 @@ An event on the wire is one msgpack array::
 
     [version, token, seq, channel, sender, kwargs, timestamp, origin]
 
+An event that is also kept in its signal's history stream is published with a ninth
+field, the stream entry id, which the server appends as it adds the entry (see
+:mod:`signalbus.history`); the entry itself holds the eight-field form.
 ``token`` (8 random bytes) names the bus that sent it and comes first, at a fixed
 offset, so a bus can recognise its own events from the first bytes without decoding.
 The event id is ``token.hex()-seq``. Values msgpack does not know travel as
@@ -38,8 +41,11 @@ __all__ = ["ENVELOPE_VERSION", "Codec", "Envelope"]
 
 ENVELOPE_VERSION = 1
 TOKEN_SIZE = 8
-# fixarray of 8, the version, bin8 of TOKEN_SIZE: what every envelope starts with.
+# fixarray of 8 (or 9, with a stream entry id), the version, bin8 of TOKEN_SIZE: what
+# every envelope starts with. ENVELOPE_TAIL is that start without the array's size.
 ENVELOPE_HEAD = bytes([0x98, ENVELOPE_VERSION, 0xC4, TOKEN_SIZE])
+ENVELOPE_TAIL = ENVELOPE_HEAD[1:]
+_ARRAY_SIZES = (0x98, 0x99)
 MAX_EXT_DEPTH = 32
 
 
@@ -71,6 +77,8 @@ class Envelope(NamedTuple):
     kwargs: dict[str, Any]
     timestamp: float
     origin: str
+    stream_id: str | None = None
+    """The entry id in the signal's history stream, where it is kept."""
 
     @property
     def id(self) -> str:
@@ -78,7 +86,9 @@ class Envelope(NamedTuple):
 
     def remote_event(self) -> Event:
         """What ``current_event()`` tells a receiver of this event in another process."""
-        return Event(self.id, self.channel, self.origin, self.timestamp, True)
+        return Event(
+            self.id, self.channel, self.origin, self.timestamp, True, stream_id=self.stream_id
+        )
 
 
 def event_id(token_hex: str, seq: int) -> str:
@@ -336,7 +346,7 @@ class Codec:
             raise DecodingError(
                 f"message of {len(data)} bytes is over max_message_size ({self.max_message_size})"
             )
-        if not data.startswith(ENVELOPE_HEAD):
+        if not (data[:1] and data[0] in _ARRAY_SIZES and data.startswith(ENVELOPE_TAIL, 1)):
             raise DecodingError("not a signalbus envelope (or an unknown version)")
         try:
             fields = msgpack.unpackb(data, ext_hook=self._top_ext_hook, strict_map_key=False)
@@ -349,9 +359,12 @@ class Codec:
         return self._check(fields)
 
     def _check(self, fields: Any) -> Envelope:
-        if type(fields) is not list or len(fields) != 8:
+        if type(fields) is not list or len(fields) not in (8, 9):
             raise DecodingError("malformed envelope")
-        _, token, seq, channel, sender, kwargs, timestamp, origin = fields
+        _, token, seq, channel, sender, kwargs, timestamp, origin, *kept = fields
+        stream_id = kept[0] if kept else None
+        if stream_id is not None and type(stream_id) is not str:
+            raise DecodingError("malformed stream entry id")
         if not (
             type(token) is bytes
             and type(seq) is int
@@ -368,7 +381,7 @@ class Codec:
             or id(sender) in self._sender_names
         ):
             raise DecodingError(f"sender of type {type(sender).__name__} is not allowed")
-        return Envelope(token, seq, channel, sender, kwargs, float(timestamp), origin)
+        return Envelope(token, seq, channel, sender, kwargs, float(timestamp), origin, stream_id)
 
     def _ext_hook(self, depth: int, code: int, payload: bytes) -> Any:
         if depth >= MAX_EXT_DEPTH:

@@ -2,6 +2,7 @@
 
     SignalBusError                  catch this to catch anything signalbus raises
     ├── ConfigurationError          a bad URL, option or registration, or a closed bus
+    ├── ArgumentError               a bad argument to a call, such as a time for history()
     ├── EncodingError               send(): a value cannot cross processes; nothing was delivered
     │   └── MessageTooLargeError    send(): the encoded event is over max_message_size
     ├── DecodingError               bytes on a channel are not an event (logged, counted, skipped)
@@ -14,6 +15,7 @@ Messages name the signal involved and say what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "ConfigurationError",
     "DecodingError",
     "EncodingError",
@@ -30,6 +32,10 @@ class SignalBusError(Exception):
 
 class ConfigurationError(SignalBusError):
     """A bus or signal was given options it cannot work with."""
+
+
+class ArgumentError(SignalBusError, ValueError):
+    """A call was given an argument it cannot use (it is also a :class:`ValueError`)."""
 
 
 class EncodingError(SignalBusError, TypeError):

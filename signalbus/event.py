@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import datetime
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 __all__ = ["Event", "current_event"]
 
@@ -26,6 +26,12 @@ class Event(NamedTuple):
     remote: bool
     """True when the event was sent by another process (or another bus)."""
     replayed: bool = False
+    sender: Any = None
+    """The sender, on events read from history (receivers get it as an argument)."""
+    kwargs: Mapping[str, Any] | None = None
+    """The arguments, on events read from history."""
+    stream_id: str | None = None
+    """The entry id in the signal's history stream, for a signal with history."""
 
     @property
     def sent_at(self) -> datetime.datetime:

@@ -34,7 +34,7 @@ from typing import Literal
 from .errors import PublishError, TransportError
 from .handoff import Handoff
 from .stats import Stats, ThrottledLog
-from .transport import PublishConnection
+from .transport import Outgoing, PublishConnection
 
 __all__ = ["Publisher", "QueueFullPolicy"]
 
@@ -51,7 +51,7 @@ class _FlushMarker:
         self.done = threading.Event()
 
 
-_Item = tuple[bytes, bytes] | _FlushMarker
+_Item = Outgoing | _FlushMarker
 
 
 class Publisher:
@@ -87,25 +87,25 @@ class Publisher:
         self._healthy = True  # False from a failed publish to the next good one
         self._last_submit = 0.0
 
-    def submit(self, channel_key: bytes, data: bytes, channel: str, now: float) -> None:
-        """Publish ``data`` on ``channel_key``: at once if synchronous, else queued.
+    def submit(self, event: Outgoing, channel: str, now: float) -> None:
+        """Publish ``event`` (of ``channel``): at once if synchronous, else queued.
 
         ``now`` is the event's timestamp, reused to tell a quiet bus (a clock step
         only costs one event its direct write, or gives it one).
         """
         if self.synchronous:
-            self._publish_now(channel_key, data, channel)
+            self._publish_now(event, channel)
             return
         quiet, self._last_submit = now - self._last_submit > self._direct_write_gap, now
-        if quiet and self._write_directly((channel_key, data)):
+        if quiet and self._write_directly(event):
             return
         if self._queue.full() and not self._make_room(channel):
             return
-        self._queue.put((channel_key, data))
+        self._queue.put(event)
         if self._thread is None:
             self._start()
 
-    def _write_directly(self, event: tuple[bytes, bytes]) -> bool:
+    def _write_directly(self, event: Outgoing) -> bool:
         """Write ``event`` now if nothing is queued before it; the thread reads the reply."""
         if not (self._healthy and self._thread is not None and not len(self._queue)):
             return False
@@ -145,13 +145,13 @@ class Publisher:
             "queue_full='drop' or a larger queue_size"
         )
 
-    def _publish_now(self, channel_key: bytes, data: bytes, channel: str) -> None:
+    def _publish_now(self, event: Outgoing, channel: str) -> None:
         with self._lock:
             try:
                 try:
-                    (error,) = self._connection.publish([(channel_key, data)])
+                    (error,) = self._connection.publish([event])
                 except TransportError:  # one retry on a fresh connection
-                    (error,) = self._connection.publish([(channel_key, data)])
+                    (error,) = self._connection.publish([event])
             except TransportError as exc:
                 raise PublishError(f"signal {channel!r}: {exc}; nothing was delivered") from exc
         if error is not None:
@@ -239,11 +239,11 @@ class Publisher:
     def _read_answers(self) -> None:
         batch = self._unanswered[0]
         events = [item for item in batch if isinstance(item, tuple)]
-        errors = self._connection.read_replies(len(events))
+        errors = self._connection.read_replies(events)
         self._unanswered.popleft()
         refused = [
             (key, error)
-            for (key, _), error in zip(events, errors, strict=True)
+            for (key, *_), error in zip(events, errors, strict=True)
             if error is not None
         ]
         self._stats.published += len(events) - len(refused)

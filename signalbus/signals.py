@@ -15,7 +15,8 @@ import blinker
 
 from . import bus as bus_module
 from .errors import ConfigurationError
-from .event import _current
+from .event import Event, _current
+from .history import HistoryOption, Keep, TimeBound
 
 __all__ = ["Namespace", "Signal"]
 
@@ -50,6 +51,7 @@ class Signal(blinker.NamedSignal):
         *,
         namespace: str | None = None,
         bus: bus_module.Bus | None = None,
+        history: HistoryOption = None,
         **options: t.Any,
     ) -> None:
         _check_options(name, options)
@@ -59,6 +61,9 @@ class Signal(blinker.NamedSignal):
         self.namespace = namespace if namespace is not None else _caller_module(1)
         self.channel = f"{self.namespace}.{name}"
         self._bus = bus
+        self.history_option = history
+        """This signal's own say on history; ``None`` leaves it to its namespace, then bus."""
+        self._keep: tuple[bus_module.Bus, Keep | None] | None = None  # the bus's, cached
         if bus is None:
             bus_module.track_unbound(self)
 
@@ -69,6 +74,21 @@ class Signal(blinker.NamedSignal):
     def bus(self) -> bus_module.Bus | None:
         """The bus this signal travels on: its own, else the default one, else None."""
         return self._bus if self._bus is not None else bus_module.default_bus()
+
+    def history(
+        self, since: TimeBound = None, until: TimeBound = None, limit: int | None = None
+    ) -> c.Iterator[Event]:
+        """The events this signal kept, oldest first, as :class:`~signalbus.Event`.
+
+        ``since`` and ``until`` (both included) take a datetime, a timedelta back from
+        now, or a stream entry id; ``limit`` caps how many are read.
+        """
+        bus = self.bus
+        if bus is None:
+            raise ConfigurationError(
+                f"signal {self.channel!r} has no bus; call signalbus.configure() first"
+            )
+        return bus._read_history(self, since, until, limit)
 
     def connect(self, receiver: F, sender: t.Any = blinker.ANY, weak: bool = True) -> F:
         """As blinker; also subscribes this process to the channel.
@@ -147,19 +167,34 @@ class Namespace(blinker.Namespace):
     defining module's ``__name__``, so ``Namespace()`` in ``myapp/auth.py`` makes
     channels like ``myapp.auth.logged-in``. ``bus`` binds its signals to one bus;
     by default they use the default bus, once ``configure()`` has made one.
+    ``history`` sets the retention of its signals, unless a signal says otherwise.
     """
 
-    def __init__(self, name: str | None = None, *, bus: bus_module.Bus | None = None) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        bus: bus_module.Bus | None = None,
+        history: HistoryOption = None,
+    ) -> None:
         super().__init__()
         self.name = name if name is not None else _caller_module(1)
         self.bus = bus
+        self.history = history
 
     def signal(self, name: str, doc: str | None = None, **options: t.Any) -> Signal:
-        """The signal called ``name``, made on first use (as blinker)."""
+        """The signal called ``name``, made on first use (as blinker).
+
+        ``history=`` (a :class:`~signalbus.History`, ``True`` or ``False``) overrides
+        the namespace's and the bus's retention for this signal.
+        """
+        history = options.pop("history", None)
         _check_options(name, options)
         try:
             existing = self[name]
         except KeyError:
-            created = Signal(name, doc, namespace=self.name, bus=self.bus, **options)
+            if history is None:
+                history = self.history
+            created = Signal(name, doc, namespace=self.name, bus=self.bus, history=history)
             return t.cast(Signal, self.setdefault(name, created))
         return t.cast(Signal, existing)

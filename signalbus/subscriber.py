@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import event as event_module
-from .codec import ENVELOPE_HEAD, Codec, Envelope
+from .codec import ENVELOPE_TAIL, Codec, Envelope
 from .errors import DecodingError, TransportError
 from .handoff import Handoff
 from .stats import Stats, ThrottledLog
@@ -57,7 +57,7 @@ class Subscriber:
     ) -> None:
         self._conn = connection
         self._dispatch = dispatch
-        self._own_head = ENVELOPE_HEAD + own_token
+        self._own_tail = ENVELOPE_TAIL + own_token  # after the array's size: 8 or 9
         self._is_wanted = is_wanted
         self._stats = stats
         self._log = log
@@ -194,7 +194,7 @@ class Subscriber:
             return
         self._heard = True
         if type(reply) is list and reply[0] == b"message":
-            if reply[2].startswith(self._own_head):  # our own event, delivered locally already
+            if reply[2].startswith(self._own_tail, 1):  # our own event, delivered locally already
                 self._stats.own_skipped += 1
             else:
                 self._handoff.put((reply[1], reply[2]))

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import TransportError
+from .history import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
 
 __all__ = ["PublishConnection", "SubscribeConnection", "client_from_url"]
 
@@ -52,61 +55,117 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+def _command(*parts: bytes) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
+
+
 @functools.lru_cache(maxsize=4096)
 def _publish_head(channel: bytes) -> bytes:
     """``PUBLISH channel`` in RESP, up to the message's length."""
     return b"*3\r\n" + _bulk(b"PUBLISH") + _bulk(channel)
 
 
+Outgoing = tuple[bytes, bytes, Keep | None]
+"""An event to publish: its channel key, its envelope, and where it is kept, if it is."""
+
+
 class PublishConnection:
-    """Writes batches of PUBLISH, and reads their replies later.
+    """Writes batches of events, and reads their replies later.
 
     Writes and reads may happen in different threads (one writer at a time, one
-    reader); replies come back in the order the commands were written.
+    reader); replies come back in the order the batches were written. A batch with
+    no event to keep is a pipeline of PUBLISH; one with any goes in one EVALSHA of the
+    history script, which keeps and publishes each event in order. The first such
+    batch on a connection loads the script first, in the same write.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self._conn = _dedicated_connection(client)
+        self._script_loaded = False
+        self._loads: deque[bool] = deque()  # per write, in order: did it load the script?
 
-    def write(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write a PUBLISH for every ``(channel, data)``, in one system call."""
-        parts: list[bytes] = []
-        for channel, data in messages:
-            parts += (_publish_head(channel), b"$%d\r\n" % len(data), data, b"\r\n")
+    def write(self, events: Sequence[Outgoing]) -> None:
+        """Write ``events`` in one system call."""
+        loads = False
+        if any(keep is not None for _, _, keep in events):
+            loads = not (self._script_loaded and self._conn.is_connected)
+            buffer = self._script_call(events)
+            if loads:
+                buffer = _command(b"SCRIPT", b"LOAD", PUBLISH_SCRIPT) + buffer
+        else:
+            parts: list[bytes] = []
+            for channel, data, _ in events:
+                parts += (_publish_head(channel), b"$%d\r\n" % len(data), data, b"\r\n")
+            buffer = b"".join(parts)
         try:
-            self._conn.send_packed_command([b"".join(parts)], check_health=False)
+            self._conn.send_packed_command([buffer], check_health=False)
         except _NETWORK_ERRORS as exc:
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
+        self._script_loaded |= loads
+        self._loads.append(loads)
 
-    def read_replies(self, count: int) -> list[Exception | None]:
-        """The next ``count`` replies: ``None``, or the error Redis answered with.
+    def _script_call(self, events: Sequence[Outgoing]) -> bytes:
+        keys: list[bytes] = []
+        args: list[bytes] = []
+        for channel, data, keep in events:
+            if keep is None:
+                keys.append(b"")
+                args += (channel, data, b"0", b"0")
+            else:
+                keys.append(keep.stream_key)
+                args += (channel, data, keep.max_count, keep.min_id(time.time()))
+        return _command(b"EVALSHA", PUBLISH_SCRIPT_SHA, b"%d" % len(keys), *keys, *args)
+
+    def read_replies(self, events: Sequence[Outgoing]) -> list[Exception | None]:
+        """The replies to ``events``, written earlier: ``None`` per event, or the error
+        Redis answered with (an ACL refusal, say).
 
         Raises :class:`TransportError` when the connection fails, after which it is
-        unknown which of the written messages reached the server.
+        unknown which of the written events reached the server.
         """
+        if not events:  # nothing was written for them
+            return []
         try:
-            return [self._read_reply() for _ in range(count)]
+            loaded = self._loads.popleft()
+            if not any(keep is not None for _, _, keep in events):
+                return [self._error_or_none(self._read_reply()) for _ in events]
+            load_reply = self._read_reply() if loaded else None
+            reply = self._read_reply()
         except _NETWORK_ERRORS as exc:
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
+        if isinstance(reply, NoScriptError):
+            # The server's script cache was flushed: start again on a fresh connection.
+            raise TransportError(f"the history script is gone from the server: {reply}")
+        if isinstance(reply, Exception):  # the script as a whole was refused
+            return [reply] * len(events)
+        if isinstance(load_reply, Exception):
+            return [load_reply] * len(events)
+        return [self._error_or_none(result) for result in reply]
 
-    def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> list[Exception | None]:
+    def publish(self, events: Sequence[Outgoing]) -> list[Exception | None]:
         """Write and wait for the replies: one round trip."""
         try:
-            self.write(messages)
-            return self.read_replies(len(messages))
+            self.write(events)
+            return self.read_replies(events)
         except TransportError:
             self.close()
             raise
 
-    def _read_reply(self) -> Exception | None:
+    def _read_reply(self) -> Any:
         try:
-            self._conn.read_response(disconnect_on_error=False)
+            return self._conn.read_response(disconnect_on_error=False)
         except ResponseError as exc:
             return exc
-        return None
+
+    @staticmethod
+    def _error_or_none(reply: Any) -> Exception | None:
+        return reply if isinstance(reply, Exception) else None
 
     def close(self) -> None:
         self._conn.disconnect()
+        self._script_loaded = False
+        self._loads.clear()
 
 
 class SubscribeConnection:

@@ -531,13 +531,14 @@ def test_kwargs_that_are_not_a_dict_of_str_are_a_decoding_error(codec: Codec, kw
     "fields",
     [
         [ENVELOPE_VERSION, TOKEN, 1, CHANNEL, None, {}, 1.0],
-        [ENVELOPE_VERSION, TOKEN, 1, CHANNEL, None, {}, 1.0, "h:1", "extra"],
+        [ENVELOPE_VERSION, TOKEN, 1, CHANNEL, None, {}, 1.0, "h:1", "1-0", "extra"],
+        [ENVELOPE_VERSION, TOKEN, 1, CHANNEL, None, {}, 1.0, "h:1", 10],
         [ENVELOPE_VERSION, TOKEN, "1", CHANNEL, None, {}, 1.0, "h:1"],
         [ENVELOPE_VERSION, TOKEN, 1, b"channel", None, {}, 1.0, "h:1"],
         [ENVELOPE_VERSION, TOKEN, 1, CHANNEL, None, {}, "now", "h:1"],
         [ENVELOPE_VERSION, TOKEN, 1, CHANNEL, None, {}, 1.0, 123],
     ],
-    ids=["short", "long", "seq", "channel", "timestamp", "origin"],
+    ids=["short", "long", "stream-id", "seq", "channel", "timestamp", "origin"],
 )
 def test_malformed_envelope_fields_are_a_decoding_error(codec: Codec, fields: list[Any]) -> None:
     assert_rejected(codec, wire(*fields))

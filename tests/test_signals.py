@@ -81,6 +81,7 @@ def fake_bus(server: fakeredis.FakeServer, prefix: str) -> Iterator[Callable[...
     def make(**options: Any) -> Bus:
         options.setdefault("prefix", prefix)
         options.setdefault("client", fakeredis.FakeRedis(server=server))
+        options.setdefault("history", False)  # fakeredis runs no Lua: history needs a real server
         bus = Bus(**options)
         buses.append(bus)
         return bus
@@ -591,13 +592,13 @@ def test_receivers_connected_before_configure_get_remote_events(
     assert heard.bus is None
     assert heard.send("before", n=0) == [(recorder, None)]
 
-    bus = configure(client=fakeredis.FakeRedis(server=server), prefix=prefix)
+    bus = configure(client=fakeredis.FakeRedis(server=server), prefix=prefix, history=False)
     assert default_bus() is bus and heard.bus is bus
     sent = Namespace("late", bus=fake_bus()).signal("bound")
     sent.send("remote", n=1)
     assert recorder.wait(2)[1] == ("remote", {"n": 1})
 
-    again = configure(client=fakeredis.FakeRedis(server=server), prefix=prefix)
+    again = configure(client=fakeredis.FakeRedis(server=server), prefix=prefix, history=False)
     assert bus.closed and heard.bus is again
     sent.send("remote", n=2)
     assert recorder.wait(3)[2] == ("remote", {"n": 2})
@@ -662,7 +663,7 @@ def test_context_manager_flushes_and_closes(
     heard = Namespace("auth", bus=fake_bus()).signal("logged-in")
     recorder = Recorder()
     heard.connect(recorder)
-    with Bus(client=fakeredis.FakeRedis(server=server), prefix=prefix) as bus:
+    with Bus(client=fakeredis.FakeRedis(server=server), prefix=prefix, history=False) as bus:
         Namespace("auth", bus=bus).signal("logged-in").send("web", n=1)
     assert bus.closed
     assert bus.stats()["published"] == 1

@@ -1,0 +1,192 @@
+"""History: each signal's events kept in a Redis Stream, for reading back.
+
+An event of a signal with history is appended to the signal's stream and published
+in one server-side script, in the same round trip: the script adds the entry and
+publishes the event with the entry id as a ninth envelope field, so a receiver knows
+where each event stands in the stream. Retention is bounded by count and by age
+(both approximate: Redis trims whole stream nodes, the cheap way), set per ``Bus``,
+per ``Namespace`` and per ``signal(...)``; ``history=False`` turns it off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple, cast
+
+import redis
+
+from .codec import Codec, Envelope
+from .errors import ArgumentError, ConfigurationError, DecodingError
+from .event import Event
+from .stats import logger
+
+if TYPE_CHECKING:
+    from .signals import Signal
+
+__all__ = ["History", "HistoryOption"]
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    """How much of a signal's past is kept: at most ``max_count`` events, none older
+    than ``max_age`` (``None``: no age limit). The defaults suit a small deployment:
+    a week, or 10,000 events per signal, whichever is less."""
+
+    max_count: int = 10_000
+    max_age: datetime.timedelta | None = datetime.timedelta(days=7)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_count, int) or self.max_count < 1:
+            raise ConfigurationError(f"max_count must be a positive int, not {self.max_count!r}")
+        if self.max_age is not None and (
+            not isinstance(self.max_age, datetime.timedelta) or self.max_age.total_seconds() <= 0
+        ):
+            raise ConfigurationError(
+                f"max_age must be a positive timedelta or None, not {self.max_age!r}"
+            )
+
+
+HistoryOption = History | bool | None
+"""``History(...)`` to keep events, ``True`` for the defaults, ``False`` for none,
+``None`` to take what the namespace, then the bus, says."""
+
+
+def resolve(*options: HistoryOption) -> History | None:
+    """The first option that says something, from the most specific on."""
+    for option in options:
+        if option is None:
+            continue
+        if isinstance(option, History):
+            return option
+        if isinstance(option, bool):
+            return History() if option else None
+        raise ConfigurationError(
+            f"history must be a signalbus.History, True, False or None, not {option!r}"
+        )
+    return History()
+
+
+class Keep(NamedTuple):
+    """Where and how long one channel's events are kept, as the publish script wants it."""
+
+    stream_key: bytes
+    max_count: bytes
+    max_age_ms: int | None
+
+    def min_id(self, timestamp: float) -> bytes:
+        """The oldest entry id to keep, for an event sent at ``timestamp``."""
+        if self.max_age_ms is None:
+            return b"0"
+        return b"%d" % max(0, int(timestamp * 1000) - self.max_age_ms)
+
+
+def keep_for(prefix: str, channel: str, history: History | None) -> Keep | None:
+    if history is None:
+        return None
+    age = None if history.max_age is None else int(history.max_age.total_seconds() * 1000)
+    return Keep(stream_key(prefix, channel), b"%d" % history.max_count, age)
+
+
+def stream_key(prefix: str, channel: str) -> bytes:
+    """The key of a channel's history stream."""
+    return f"{prefix}signalbus:history:{channel}".encode()
+
+
+# KEYS[i] is event i's stream ("" to publish only); ARGV holds, per event, its channel,
+# its envelope, the stream's max count and its min id ("0": no age limit). Errors are
+# returned per event (pcall), so one refused event never undoes or stops the others.
+PUBLISH_SCRIPT = b"""
+local out = {}
+for i = 1, #KEYS do
+  local a = (i - 1) * 4
+  local channel, event = ARGV[a + 1], ARGV[a + 2]
+  if KEYS[i] == '' then
+    out[i] = redis.pcall('PUBLISH', channel, event)
+  else
+    local id = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', ARGV[a + 3], '*', 'e', event)
+    if type(id) == 'table' then
+      out[i] = id
+    else
+      if ARGV[a + 4] ~= '0' then
+        redis.pcall('XTRIM', KEYS[i], 'MINID', '~', ARGV[a + 4])
+      end
+      local kept = string.char(0x99) .. string.sub(event, 2) .. cmsgpack.pack(id)
+      out[i] = redis.pcall('PUBLISH', channel, kept)
+    end
+  end
+end
+return out
+"""
+
+PUBLISH_SCRIPT_SHA = hashlib.sha1(PUBLISH_SCRIPT).hexdigest().encode()
+
+_ENTRY_ID = re.compile(r"\d+(-\d+)?")
+TimeBound = datetime.datetime | datetime.timedelta | str | None
+
+
+def entry_bound(bound: TimeBound, *, channel: str, default: str) -> str:
+    """A stream id for ``bound``: a datetime, a timedelta back from now, or an entry id."""
+    if bound is None:
+        return default
+    if isinstance(bound, datetime.datetime):
+        return str(int(bound.timestamp() * 1000))
+    if isinstance(bound, datetime.timedelta):
+        return str(max(0, int((time.time() - bound.total_seconds()) * 1000)))
+    if isinstance(bound, str) and _ENTRY_ID.fullmatch(bound):
+        return bound
+    raise ArgumentError(
+        f"signal {channel!r}: {bound!r} is not a time; give a datetime, a timedelta back "
+        "from now, or a stream entry id such as '1700000000000-0'"
+    )
+
+
+def read(
+    client: redis.Redis,
+    codec: Codec,
+    signal: Signal,
+    key: bytes,
+    *,
+    since: TimeBound,
+    until: TimeBound,
+    limit: int | None,
+    own_token: bytes,
+) -> Iterator[Event]:
+    """The events kept for ``signal`` between ``since`` and ``until``, oldest first."""
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ArgumentError(f"signal {signal.channel!r}: limit must be a positive int")
+    start = entry_bound(since, channel=signal.channel, default="-")
+    end = entry_bound(until, channel=signal.channel, default="+")
+    left = limit
+    while left is None or left > 0:
+        page = min(left or 500, 500)
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key, start, end, page))
+        for entry_id, fields in entries:
+            try:
+                envelope = codec.decode(fields.get(b"e", b""))
+            except DecodingError as exc:
+                logger.warning("skipped history entry %s of %r: %s", entry_id, signal.channel, exc)
+                continue
+            yield _event(envelope._replace(stream_id=entry_id.decode()), own_token)
+        if len(entries) < page:
+            return
+        if left is not None:
+            left -= len(entries)
+        start = "(" + entries[-1][0].decode()
+
+
+def _event(envelope: Envelope, own_token: bytes) -> Event:
+    return Event(
+        envelope.id,
+        envelope.channel,
+        envelope.origin,
+        envelope.timestamp,
+        envelope.token != own_token,
+        sender=envelope.sender,
+        kwargs=envelope.kwargs,
+        stream_id=envelope.stream_id,
+    )
