@@ -97,27 +97,30 @@ def stream_key(prefix: str, channel: str) -> bytes:
     return f"{prefix}signalbus:history:{channel}".encode()
 
 
-# KEYS[i] is event i's stream ("" to publish only); ARGV holds, per event, its channel,
-# its envelope, the stream's max count and its min id ("0": no age limit). Errors are
-# returned per event (pcall), so one refused event never undoes or stops the others.
+# KEYS are the streams of the batch. ARGV holds, per stream in KEYS order, its max
+# count and min id ("0": no age limit); then, per event, its stream's index (0: not
+# kept), its channel and its envelope. Errors are returned per event (pcall), so one
+# refused event never undoes or stops the others; age trimming runs once per stream.
 PUBLISH_SCRIPT = b"""
+local streams = #KEYS
 local out = {}
-for i = 1, #KEYS do
-  local a = (i - 1) * 4
-  local channel, event = ARGV[a + 1], ARGV[a + 2]
-  if KEYS[i] == '' then
-    out[i] = redis.pcall('PUBLISH', channel, event)
+for a = 2 * streams + 1, #ARGV, 3 do
+  local s, channel, event = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+  local result
+  if s == 0 then
+    result = redis.pcall('PUBLISH', channel, event)
   else
-    local id = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', ARGV[a + 3], '*', 'e', event)
-    if type(id) == 'table' then
-      out[i] = id
-    else
-      if ARGV[a + 4] ~= '0' then
-        redis.pcall('XTRIM', KEYS[i], 'MINID', '~', ARGV[a + 4])
-      end
-      local kept = string.char(0x99) .. string.sub(event, 2) .. cmsgpack.pack(id)
-      out[i] = redis.pcall('PUBLISH', channel, kept)
+    result = redis.pcall('XADD', KEYS[s], 'MAXLEN', '~', ARGV[2 * s - 1], '*', 'e', event)
+    if type(result) ~= 'table' then
+      local kept = string.char(0x99) .. string.sub(event, 2) .. cmsgpack.pack(result)
+      result = redis.pcall('PUBLISH', channel, kept)
     end
+  end
+  out[#out + 1] = result
+end
+for s = 1, streams do
+  if ARGV[2 * s] ~= '0' then
+    redis.pcall('XTRIM', KEYS[s], 'MINID', '~', ARGV[2 * s])
   end
 end
 return out

@@ -60,6 +60,9 @@ def _command(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
 
 
+_cached_bulk = functools.lru_cache(maxsize=4096)(_bulk)
+
+
 @functools.lru_cache(maxsize=4096)
 def _publish_head(channel: bytes) -> bytes:
     """``PUBLISH channel`` in RESP, up to the message's length."""
@@ -106,16 +109,22 @@ class PublishConnection:
         self._loads.append(loads)
 
     def _script_call(self, events: Sequence[Outgoing]) -> bytes:
-        keys: list[bytes] = []
-        args: list[bytes] = []
+        """One EVALSHA of the history script for ``events`` (see its argument layout)."""
+        streams: dict[bytes, int] = {}
+        retention: list[bytes] = []
+        per_event: list[bytes] = []
+        now = time.time()
         for channel, data, keep in events:
-            if keep is None:
-                keys.append(b"")
-                args += (channel, data, b"0", b"0")
-            else:
-                keys.append(keep.stream_key)
-                args += (channel, data, keep.max_count, keep.min_id(time.time()))
-        return _command(b"EVALSHA", PUBLISH_SCRIPT_SHA, b"%d" % len(keys), *keys, *args)
+            index = 0
+            if keep is not None:
+                index = streams.setdefault(keep.stream_key, len(streams) + 1)
+                if index > len(retention) // 2:
+                    retention += (keep.max_count, keep.min_id(now))
+            per_event += (_cached_bulk(b"%d" % index), _cached_bulk(channel))
+            per_event += (b"$%d\r\n" % len(data), data, b"\r\n")
+        head = [b"EVALSHA", PUBLISH_SCRIPT_SHA, b"%d" % len(streams), *streams, *retention]
+        size = len(head) + 3 * len(events)
+        return b"".join([b"*%d\r\n" % size, *map(_bulk, head), *per_event])
 
     def read_replies(self, events: Sequence[Outgoing]) -> list[Exception | None]:
         """The replies to ``events``, written earlier: ``None`` per event, or the error
