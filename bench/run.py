@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -134,82 +135,95 @@ def progress(message: str) -> None:
 # -- the scenarios ------------------------------------------------------------------
 
 
+# Every scenario runs twice: with history kept (the default) and with history=False,
+# so the table shows what keeping history costs.
+VARIANTS = (("", "signalbus", {}), (", history off", "signalbus-no-history", {"history": False}))
+
+
 def throughput(bench: Bench) -> list[Row]:
-    """(a) with history kept (the default), and again with ``history=False``: its cost."""
     count = bench.sizes.throughput
     rows = []
-    for title, bus_side in (("", "signalbus"), (", history off", "signalbus-no-history")):
+    for title, bus_side, _ in VARIANTS:
         row = Row(f"(a) throughput 1 -> 1{title}", "events/s", Target(0.7, at_least=True))
         row.notes.append(f"{count:,} events, first send to last receive")
-
-        def one(side: str, prefix: str, bus_side: str = bus_side) -> Outcome:
-            return measure(Run(bus_side if side == "signalbus" else side, bench.url, prefix, count))
-
-        for side, outcome in bench.each_round("a", one):
+        run = functools.partial(Run, count=count)
+        for side, outcome in bench.each_round("a", _measuring(bench, bus_side, run)):
             row.add(side, count / (outcome.last_received - outcome.started))
             _note_drops(row, side, outcome)
         rows.append(row)
     return rows
 
 
-def latency(bench: Bench) -> list[Row]:
-    sizes = bench.sizes
-    p50 = Row(f"(b) latency p50 @ {sizes.rate:,.0f}/s", "µs", Target(1.3, at_least=False))
-    p99 = Row(f"(b) latency p99 @ {sizes.rate:,.0f}/s", "µs", Target(1.5, at_least=False))
-    p50.notes.append(f"{sizes.latency:,} events after {sizes.warmup:,} warm-up, sent one at a time")
-    count = sizes.warmup + sizes.latency
-    slowest: dict[str, float] = {}
+def _measuring(
+    bench: Bench, bus_side: str, run: Callable[..., Run]
+) -> Callable[[str, str], Outcome]:
+    """Measure ``run`` for a side, with ``bus_side`` standing in for signalbus."""
 
     def one(side: str, prefix: str) -> Outcome:
-        return measure(
-            Run(
-                side,
-                bench.url,
-                prefix,
-                count,
-                rate=sizes.rate,
-                warmup=sizes.warmup,
-                latencies=True,
-            )
-        )
+        return measure(run(bus_side if side == "signalbus" else side, bench.url, prefix))
 
-    for side, outcome in bench.each_round("b", one):
-        cuts = statistics.quantiles(outcome.latencies, n=100, method="inclusive")
-        p50.add(side, cuts[49] * 1e6)
-        p99.add(side, cuts[98] * 1e6)
-        rate = count / (outcome.sent - outcome.started)
-        slowest[side] = min(rate, slowest.get(side, rate))
-    p99.notes.append(
-        "slowest send rate: " + ", ".join(f"{side} {rate:,.0f}/s" for side, rate in slowest.items())
-    )
-    return [p50, p99]
+    return one
+
+
+def latency(bench: Bench) -> list[Row]:
+    sizes = bench.sizes
+    count = sizes.warmup + sizes.latency
+    rows = []
+    for title, bus_side, _ in VARIANTS:
+        rate = f"{sizes.rate:,.0f}/s{title}"
+        p50 = Row(f"(b) latency p50 @ {rate}", "µs", Target(1.3, at_least=False))
+        p99 = Row(f"(b) latency p99 @ {rate}", "µs", Target(1.5, at_least=False))
+        p50.notes.append(
+            f"{sizes.latency:,} events after {sizes.warmup:,} warm-up, sent one at a time"
+        )
+        slowest: dict[str, float] = {}
+        run = functools.partial(
+            Run, count=count, rate=sizes.rate, warmup=sizes.warmup, latencies=True
+        )
+        for side, outcome in bench.each_round("b", _measuring(bench, bus_side, run)):
+            cuts = statistics.quantiles(outcome.latencies, n=100, method="inclusive")
+            p50.add(side, cuts[49] * 1e6)
+            p99.add(side, cuts[98] * 1e6)
+            sent_rate = count / (outcome.sent - outcome.started)
+            slowest[side] = min(sent_rate, slowest.get(side, sent_rate))
+        p99.notes.append(
+            "slowest send rate: "
+            + ", ".join(f"{side} {value:,.0f}/s" for side, value in slowest.items())
+        )
+        rows += [p50, p99]
+    return rows
 
 
 def send_cost(bench: Bench) -> list[Row]:
     """In this process: no remote receivers, but the signal's bus encodes and queues."""
     sizes = bench.sizes
-    row = Row(
-        "(c) send() cost, 1 local receiver", "µs/call", Target(4.0, at_least=False), "blinker"
-    )
-    row.notes.append(f"best of {sizes.repeats} x {sizes.calls:,} calls, in one process")
     progress("(c) blinker")
     plain = blinker.Signal()
     plain.connect(_receiver)
-    cost, _ = _time_sends(plain.send, sizes, lambda: None)
-    row.add("blinker", cost)
-
-    progress("(c) signalbus")
-    prefix = bench.prefix("c", "signalbus")
-    # Room for a whole repeat: the queue is flushed between repeats, never overflows.
-    with signalbus.Bus(bench.url, prefix=prefix, queue_size=2 * sizes.calls) as bus:
-        signal = bus_signal(bus)
-        signal.connect(_receiver)
-        cost, flushed = _time_sends(signal.send, sizes, bus.flush)
-    row.add("signalbus", cost)
-    stats = bus.stats()
-    row.notes.append(f"signalbus {flushed:.2f} µs/call counting the flush")
-    row.notes.append(f"signalbus published {stats['published']:,}, dropped {stats['dropped']}")
-    return [row]
+    blinker_cost, _ = _time_sends(plain.send, sizes, lambda: None)
+    rows = []
+    for title, bus_side, options in VARIANTS:
+        row = Row(
+            f"(c) send() cost, 1 local receiver{title}",
+            "µs/call",
+            Target(4.0, at_least=False),
+            "blinker",
+        )
+        row.notes.append(f"best of {sizes.repeats} x {sizes.calls:,} calls, in one process")
+        row.add("blinker", blinker_cost)
+        progress(f"(c) {bus_side}")
+        prefix = bench.prefix("c", bus_side)
+        # Room for a whole repeat: the queue is flushed between repeats, never overflows.
+        with signalbus.Bus(bench.url, prefix=prefix, queue_size=2 * sizes.calls, **options) as bus:
+            signal = bus_signal(bus)
+            signal.connect(_receiver)
+            cost, flushed = _time_sends(signal.send, sizes, bus.flush)
+        row.add("signalbus", cost)
+        stats = bus.stats()
+        row.notes.append(f"signalbus {flushed:.2f} µs/call counting the flush")
+        row.notes.append(f"signalbus published {stats['published']:,}, dropped {stats['dropped']}")
+        rows.append(row)
+    return rows
 
 
 def _receiver(sender: Any, **kwargs: Any) -> None:
@@ -238,17 +252,19 @@ def _time_sends(
 def fanout(bench: Bench) -> list[Row]:
     sizes = bench.sizes
     receivers = sizes.fanout_receivers
-    row = Row(f"(d) fan-out 1 -> {receivers}", "events/s", Target(0.7, at_least=True))
-    row.notes.append(f"{sizes.fanout:,} events x {receivers} receiving processes, all delivered")
     delivered = sizes.fanout * receivers
-
-    def one(side: str, prefix: str) -> Outcome:
-        return measure(Run(side, bench.url, prefix, sizes.fanout, receivers=receivers))
-
-    for side, outcome in bench.each_round("d", one):
-        row.add(side, delivered / (outcome.last_received - outcome.started))
-        _note_drops(row, side, outcome)
-    return [row]
+    rows = []
+    for title, bus_side, _ in VARIANTS:
+        row = Row(f"(d) fan-out 1 -> {receivers}{title}", "events/s", Target(0.7, at_least=True))
+        row.notes.append(
+            f"{sizes.fanout:,} events x {receivers} receiving processes, all delivered"
+        )
+        run = functools.partial(Run, count=sizes.fanout, receivers=receivers)
+        for side, outcome in bench.each_round("d", _measuring(bench, bus_side, run)):
+            row.add(side, delivered / (outcome.last_received - outcome.started))
+            _note_drops(row, side, outcome)
+        rows.append(row)
+    return rows
 
 
 def _note_drops(row: Row, side: str, outcome: Outcome) -> None:
