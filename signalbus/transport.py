@@ -60,6 +60,11 @@ def _command(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
 
 
+def _bulk_parts(value: bytes) -> tuple[bytes, bytes, bytes]:
+    """``value`` as a RESP bulk string, in pieces: a large value is not copied twice."""
+    return b"$%d\r\n" % len(value), value, b"\r\n"
+
+
 _cached_bulk = functools.lru_cache(maxsize=4096)(_bulk)
 
 
@@ -99,7 +104,7 @@ class PublishConnection:
         else:
             parts: list[bytes] = []
             for channel, data, _ in events:
-                parts += (_publish_head(channel), b"$%d\r\n" % len(data), data, b"\r\n")
+                parts += (_publish_head(channel), *_bulk_parts(data))
             buffer = b"".join(parts)
         try:
             self._conn.send_packed_command([buffer], check_health=False)
@@ -120,8 +125,7 @@ class PublishConnection:
                 index = streams.setdefault(keep.stream_key, len(streams) + 1)
                 if index > len(retention) // 2:
                     retention += (keep.max_count, keep.min_id(now))
-            per_event += (_cached_bulk(b"%d" % index), _cached_bulk(channel))
-            per_event += (b"$%d\r\n" % len(data), data, b"\r\n")
+            per_event += (_cached_bulk(b"%d" % index), _cached_bulk(channel), *_bulk_parts(data))
         head = [b"EVALSHA", PUBLISH_SCRIPT_SHA, b"%d" % len(streams), *streams, *retention]
         size = len(head) + 3 * len(events)
         return b"".join([b"*%d\r\n" % size, *map(_bulk, head), *per_event])
