@@ -198,11 +198,10 @@ class Bus:
             timestamp=timestamp,
             origin=self.origin,
         )
-        keep = signal._keep
-        if keep is None or keep[0] is not self:
-            keep = signal._keep = (self, self._keep_for(signal))
-        key = self._keys.get(channel) or self._key(channel)
-        self._publisher.submit((key, data, keep[1]), channel, timestamp)
+        route = signal._route
+        if route is None or route[0] is not self:
+            route = signal._route = (self, self._key(channel), self._keep_for(signal))
+        self._publisher.submit((route[1], data, route[2]), channel, timestamp)
         return Event(event_id(self._token_hex, seq), channel, self.origin, timestamp, False)
 
     def _keep_for(self, signal: Signal) -> Keep | None:

@@ -63,7 +63,8 @@ class Signal(blinker.NamedSignal):
         self._bus = bus
         self.history_option = history
         """This signal's own say on history; ``None`` leaves it to its namespace, then bus."""
-        self._keep: tuple[bus_module.Bus, Keep | None] | None = None  # the bus's, cached
+        # Where its events go on the bus that last sent it: channel key and history.
+        self._route: tuple[bus_module.Bus, bytes, Keep | None] | None = None
         if bus is None:
             bus_module.track_unbound(self)
 
