@@ -18,6 +18,8 @@ from .errors import (
 )
 from .event import Event, current_event
 from .history import History
+from .recovery import history_gap
+from .replay import ReplayReport
 from .signals import Namespace, Signal
 
 __all__ = [
@@ -31,9 +33,11 @@ __all__ = [
     "MessageTooLargeError",
     "Namespace",
     "PublishError",
+    "ReplayReport",
     "Signal",
     "SignalBusError",
     "TransportError",
     "configure",
     "current_event",
+    "history_gap",
 ]

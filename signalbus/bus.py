@@ -26,9 +26,11 @@ from .event import Event
 from .history import HistoryOption, Keep, TimeBound, keep_for, resolve
 from .history import read as read_history
 from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
+from .recovery import Recovery
+from .replay import ReplayReport, replay
 from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber
-from .transport import PublishConnection, SubscribeConnection, client_from_url
+from .transport import PublishConnection, SubscribeConnection, client_from_url, command_client
 
 if TYPE_CHECKING:
     from .signals import Signal
@@ -135,15 +137,29 @@ class Bus:
             log=log,
             **self._publisher_options,
         )
-        dispatcher = Dispatcher(self.codec, self._signals_for, stats=self._stats, log=log)
+        stopping = threading.Event()
+        self._recovery_client = command_client(self.client)
+        recovery = Recovery(
+            self._recovery_client,
+            self.codec,
+            self._stream_for,
+            self._token,
+            gap_sender=self,
+            stats=self._stats,
+            log=log,
+            stopping=stopping,
+        )
+        dispatcher = Dispatcher(self.codec, self._signals_for, recovery, stats=self._stats, log=log)
         self._subscriber = Subscriber(
             SubscribeConnection(self.client),
             dispatcher,
             self._is_wanted,
             self._token,
+            locate=recovery.locate,
             stats=self._stats,
             log=log,
             backlog=self._dispatch_backlog,
+            stopping=stopping,
         )
 
     def __repr__(self) -> str:
@@ -207,23 +223,60 @@ class Bus:
     def _keep_for(self, signal: Signal) -> Keep | None:
         return keep_for(self.prefix, signal.channel, resolve(signal.history_option, self.history))
 
-    def _read_history(
-        self, signal: Signal, since: TimeBound, until: TimeBound, limit: int | None
-    ) -> Iterator[Event]:
+    def _kept(self, signal: Signal) -> Keep:
         keep = self._keep_for(signal)
         if keep is None:
             raise ConfigurationError(
                 f"signal {signal.channel!r} keeps no history (history=False); nothing to read"
             )
+        return keep
+
+    def _stream_for(self, key: bytes) -> tuple[str, bytes] | None:
+        """The channel on ``key`` and its history stream, if its signals keep history."""
+        signals = self._signals.get(key)
+        if not signals:
+            return None
+        keep = self._keep_for(signals[0])
+        return None if keep is None else (signals[0].channel, keep.stream_key)
+
+    def _read_history(
+        self, signal: Signal, since: TimeBound, until: TimeBound, limit: int | None
+    ) -> Iterator[Event]:
         return read_history(
             self.client,
             self.codec,
             signal,
-            keep.stream_key,
+            self._kept(signal).stream_key,
             since=since,
             until=until,
             limit=limit,
             own_token=self._token,
+        )
+
+    def _replay(
+        self,
+        signal: Signal,
+        since: TimeBound,
+        until: TimeBound,
+        *,
+        limit: int | None,
+        dry_run: bool,
+        rate: float | None,
+        progress: Callable[[Event], object] | None,
+    ) -> ReplayReport:
+        return replay(
+            self.client,
+            self.codec,
+            signal,
+            channel_key=self._key(signal.channel),
+            stream_key=self._kept(signal).stream_key,
+            own_token=self._token,
+            since=since,
+            until=until,
+            limit=limit,
+            dry_run=dry_run,
+            rate=rate,
+            progress=progress,
         )
 
     def _key(self, channel: str) -> bytes:
@@ -254,6 +307,7 @@ class Bus:
         self._publisher.close(timeout)
         # The reader notices the stop within its poll interval, whatever the flush took.
         self._subscriber.close(1.0)
+        self._recovery_client.close()
         if _default is self:
             _default = None
         _live_buses.discard(self)

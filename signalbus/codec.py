@@ -6,7 +6,8 @@ An event on the wire is one msgpack array::
 
 An event that is also kept in its signal's history stream is published with a ninth
 field, the stream entry id, which the server appends as it adds the entry (see
-:mod:`signalbus.history`); the entry itself holds the eight-field form.
+:mod:`signalbus.history`); the entry itself holds the eight-field form. An event
+replayed from history is published with a tenth field, ``true``: replayed.
 ``token`` (8 random bytes) names the bus that sent it and comes first, at a fixed
 offset, so a bus can recognise its own events from the first bytes without decoding.
 The event id is ``token.hex()-seq``. Values msgpack does not know travel as
@@ -41,11 +42,13 @@ __all__ = ["ENVELOPE_VERSION", "Codec", "Envelope"]
 
 ENVELOPE_VERSION = 1
 TOKEN_SIZE = 8
-# fixarray of 8 (or 9, with a stream entry id), the version, bin8 of TOKEN_SIZE: what
-# every envelope starts with. ENVELOPE_TAIL is that start without the array's size.
+# fixarray of 8 (9 with a stream entry id, 10 replayed), the version, bin8 of
+# TOKEN_SIZE: what every envelope starts with. ENVELOPE_TAIL is that start without
+# the array's size.
 ENVELOPE_HEAD = bytes([0x98, ENVELOPE_VERSION, 0xC4, TOKEN_SIZE])
 ENVELOPE_TAIL = ENVELOPE_HEAD[1:]
-_ARRAY_SIZES = (0x98, 0x99)
+REPLAY_HEAD = 0x9A
+_ARRAY_SIZES = (0x98, 0x99, REPLAY_HEAD)
 MAX_EXT_DEPTH = 32
 
 
@@ -79,6 +82,7 @@ class Envelope(NamedTuple):
     origin: str
     stream_id: str | None = None
     """The entry id in the signal's history stream, where it is kept."""
+    replayed: bool = False
 
     @property
     def id(self) -> str:
@@ -87,7 +91,13 @@ class Envelope(NamedTuple):
     def remote_event(self) -> Event:
         """What ``current_event()`` tells a receiver of this event in another process."""
         return Event(
-            self.id, self.channel, self.origin, self.timestamp, True, stream_id=self.stream_id
+            self.id,
+            self.channel,
+            self.origin,
+            self.timestamp,
+            True,
+            replayed=self.replayed,
+            stream_id=self.stream_id,
         )
 
 
@@ -359,12 +369,15 @@ class Codec:
         return self._check(fields)
 
     def _check(self, fields: Any) -> Envelope:
-        if type(fields) is not list or len(fields) not in (8, 9):
+        if type(fields) is not list or len(fields) not in (8, 9, 10):
             raise DecodingError("malformed envelope")
         _, token, seq, channel, sender, kwargs, timestamp, origin, *kept = fields
         stream_id = kept[0] if kept else None
         if stream_id is not None and type(stream_id) is not str:
             raise DecodingError("malformed stream entry id")
+        replayed = len(kept) == 2
+        if replayed and kept[1] is not True:
+            raise DecodingError("malformed replay mark")
         if not (
             type(token) is bytes
             and type(seq) is int
@@ -381,7 +394,9 @@ class Codec:
             or id(sender) in self._sender_names
         ):
             raise DecodingError(f"sender of type {type(sender).__name__} is not allowed")
-        return Envelope(token, seq, channel, sender, kwargs, float(timestamp), origin, stream_id)
+        return Envelope(
+            token, seq, channel, sender, kwargs, float(timestamp), origin, stream_id, replayed
+        )
 
     def _ext_hook(self, depth: int, code: int, payload: bytes) -> Any:
         if depth >= MAX_EXT_DEPTH:

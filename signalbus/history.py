@@ -15,12 +15,12 @@ import datetime
 import hashlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 import redis
 
-from .codec import Codec, Envelope
+from .codec import ENVELOPE_HEAD, Codec, Envelope
 from .errors import ArgumentError, ConfigurationError, DecodingError
 from .event import Event
 from .stats import logger
@@ -128,6 +128,7 @@ return out
 
 PUBLISH_SCRIPT_SHA = hashlib.sha1(PUBLISH_SCRIPT).hexdigest().encode()
 
+_PAGE = 500
 _ENTRY_ID = re.compile(r"\d+(-\d+)?")
 TimeBound = datetime.datetime | datetime.timedelta | str | None
 
@@ -148,6 +149,29 @@ def entry_bound(bound: TimeBound, *, channel: str, default: str) -> str:
     )
 
 
+def check_limit(limit: int | None, channel: str) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ArgumentError(f"signal {channel!r}: limit must be a positive int")
+
+
+def entries(
+    client: redis.Redis, key: bytes, start: str, end: str = "+", limit: int | None = None
+) -> Iterator[tuple[str, bytes]]:
+    """The entries of stream ``key`` from ``start`` to ``end``, oldest first, read in
+    pages: ``(entry id, envelope)``. Ids are inclusive; ``"(" + id`` excludes one."""
+    left = limit
+    while left is None or left > 0:
+        page = min(left or _PAGE, _PAGE)
+        found = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key, start, end, page))
+        for entry_id, fields in found:
+            yield entry_id.decode(), fields.get(b"e", b"")
+        if len(found) < page:
+            return
+        if left is not None:
+            left -= len(found)
+        start = "(" + found[-1][0].decode()
+
+
 def read(
     client: redis.Redis,
     codec: Codec,
@@ -159,30 +183,39 @@ def read(
     limit: int | None,
     own_token: bytes,
 ) -> Iterator[Event]:
-    """The events kept for ``signal`` between ``since`` and ``until``, oldest first."""
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ArgumentError(f"signal {signal.channel!r}: limit must be a positive int")
+    """The events kept for ``signal`` between ``since`` and ``until``, oldest first.
+
+    Bad arguments raise here, before anything is read.
+    """
+    check_limit(limit, signal.channel)
     start = entry_bound(since, channel=signal.channel, default="-")
     end = entry_bound(until, channel=signal.channel, default="+")
-    left = limit
-    while left is None or left > 0:
-        page = min(left or 500, 500)
-        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key, start, end, page))
-        for entry_id, fields in entries:
-            try:
-                envelope = codec.decode(fields.get(b"e", b""))
-            except DecodingError as exc:
-                logger.warning("skipped history entry %s of %r: %s", entry_id, signal.channel, exc)
-                continue
-            yield _event(envelope._replace(stream_id=entry_id.decode()), own_token)
-        if len(entries) < page:
-            return
-        if left is not None:
-            left -= len(entries)
-        start = "(" + entries[-1][0].decode()
+    found = entries(client, key, start, end, limit)
+    return (as_event(envelope, own_token) for envelope, _ in decoded(codec, signal.channel, found))
 
 
-def _event(envelope: Envelope, own_token: bytes) -> Event:
+def decoded(
+    codec: Codec,
+    channel: str,
+    found: Iterable[tuple[str, bytes]],
+    on_skip: Callable[[], object] = lambda: None,
+) -> Iterator[tuple[Envelope, bytes]]:
+    """The envelopes of ``found`` entries, with their ids, and their bytes; an entry
+    that is not an event is logged, passed to ``on_skip`` and skipped."""
+    for entry_id, data in found:
+        try:
+            if not data.startswith(ENVELOPE_HEAD):  # as the publish script keeps events
+                raise DecodingError("not an event of eight fields")
+            envelope = codec.decode(data)
+        except DecodingError as exc:
+            logger.warning("skipped history entry %s of %r: %s", entry_id, channel, exc)
+            on_skip()
+            continue
+        yield envelope._replace(stream_id=entry_id), data
+
+
+def as_event(envelope: Envelope, own_token: bytes) -> Event:
+    """An event read from history, as ``history()`` yields it."""
     return Event(
         envelope.id,
         envelope.channel,

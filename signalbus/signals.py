@@ -8,15 +8,18 @@ bus (its own, or the default one made by ``configure()``) it is plain blinker.
 from __future__ import annotations
 
 import collections.abc as c
+import contextlib
 import sys
 import typing as t
 
 import blinker
+from blinker import _utilities as blinker_utilities
 
 from . import bus as bus_module
 from .errors import ConfigurationError
 from .event import Event, _current
 from .history import HistoryOption, Keep, TimeBound
+from .replay import ReplayReport
 
 __all__ = ["Namespace", "Signal"]
 
@@ -65,6 +68,7 @@ class Signal(blinker.NamedSignal):
         """This signal's own say on history; ``None`` leaves it to its namespace, then bus."""
         # Where its events go on the bus that last sent it: channel key and history.
         self._route: tuple[bus_module.Bus, bytes, Keep | None] | None = None
+        self._replay_averse: set[c.Hashable] = set()  # ids of receivers connected replays=False
         if bus is None:
             bus_module.track_unbound(self)
 
@@ -84,29 +88,91 @@ class Signal(blinker.NamedSignal):
         ``since`` and ``until`` (both included) take a datetime, a timedelta back from
         now, or a stream entry id; ``limit`` caps how many are read.
         """
+        return self._bus_or_raise()._read_history(self, since, until, limit)
+
+    def replay(
+        self,
+        since: TimeBound,
+        until: TimeBound = None,
+        *,
+        limit: int | None = None,
+        dry_run: bool = False,
+        rate: float | None = None,
+        progress: c.Callable[[Event], object] | None = None,
+    ) -> ReplayReport:
+        """Publish the events kept between ``since`` and ``until`` again, oldest first,
+        to every process listening now, and return what was done.
+
+        Receivers see ``current_event().replayed`` with the original id and timestamp;
+        those connected with ``replays=False`` are skipped. ``dry_run`` publishes
+        nothing and reports what would be replayed; ``rate`` paces the replay (events
+        per second); ``progress`` is called with each event as it goes out. Returns
+        once every replayed event is on the server.
+        """
+        return self._bus_or_raise()._replay(
+            self, since, until, limit=limit, dry_run=dry_run, rate=rate, progress=progress
+        )
+
+    def _bus_or_raise(self) -> bus_module.Bus:
         bus = self.bus
         if bus is None:
             raise ConfigurationError(
                 f"signal {self.channel!r} has no bus; call signalbus.configure() first"
             )
-        return bus._read_history(self, since, until, limit)
+        return bus
 
-    def connect(self, receiver: F, sender: t.Any = blinker.ANY, weak: bool = True) -> F:
+    def connect(
+        self, receiver: F, sender: t.Any = blinker.ANY, weak: bool = True, *, replays: bool = True
+    ) -> F:
         """As blinker; also subscribes this process to the channel.
 
         Returns once the server has confirmed the subscription (or the bus's
         ``subscribe_timeout`` passed, which is logged), so an event another process
-        sends right after is not missed.
+        sends right after is not missed. With ``replays=False`` the receiver never
+        gets replayed events.
         """
         super().connect(receiver, sender, weak)
+        receiver_id = blinker_utilities.make_id(receiver)
+        if replays:
+            self._replay_averse.discard(receiver_id)
+        else:
+            self._replay_averse.add(receiver_id)
         bus = self.bus
         if bus is not None:
             bus._watch([self])
         return receiver
 
+    def connect_via(
+        self, sender: t.Any, weak: bool = False, *, replays: bool = True
+    ) -> c.Callable[[F], F]:
+        """As blinker, with :meth:`connect`'s ``replays``."""
+
+        def decorator(receiver: F) -> F:
+            self.connect(receiver, sender, weak, replays=replays)
+            return receiver
+
+        return decorator
+
+    @contextlib.contextmanager
+    def connected_to(
+        self, receiver: c.Callable[..., t.Any], sender: t.Any = blinker.ANY, *, replays: bool = True
+    ) -> c.Generator[None, None, None]:
+        """As blinker, with :meth:`connect`'s ``replays``."""
+        self.connect(receiver, sender, weak=False, replays=replays)
+        try:
+            yield None
+        finally:
+            self.disconnect(receiver)
+
+    def takes_replays(self, receiver: c.Callable[..., t.Any]) -> bool:
+        """Whether ``receiver`` gets replayed events (see :meth:`connect`)."""
+        return blinker_utilities.make_id(receiver) not in self._replay_averse
+
     def _disconnect(self, receiver_id: c.Hashable, sender_id: c.Hashable) -> None:
         # Every disconnection passes here, including weak receivers being collected.
         super()._disconnect(receiver_id, sender_id)
+        if receiver_id not in self.receivers:
+            self._replay_averse.discard(receiver_id)
         if not self.receivers:
             bus = self.bus
             if bus is not None:

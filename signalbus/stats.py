@@ -38,6 +38,12 @@ class Stats:
     """Batches published again after Redis failed."""
     dispatch_backlog_waits: int = 0
     """Times the reader waited because receivers were slower than incoming events."""
+    recovered: int = 0
+    """Events read back from history after a reconnect, to be dispatched."""
+    duplicates: int = 0
+    """Second copies of events already dispatched, dropped."""
+    gaps: int = 0
+    """Times events of a channel may have been lost: history no longer reached back."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

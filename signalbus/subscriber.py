@@ -9,11 +9,16 @@ limit cuts the connection the reader notices, logs, counts and reconnects. The
 dispatcher decodes each message and runs the receivers; a receiver that raises is
 logged and counted and the others still run. Neither thread ever dies of an error:
 both log, back off and go on until the bus stops them.
+
+After a reconnect, the reader passes the dispatcher a catch-up marker per channel,
+in order with the messages, and the dispatcher first delivers what the channel's
+history holds that it missed (see :mod:`signalbus.recovery`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
@@ -23,9 +28,10 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import event as event_module
-from .codec import ENVELOPE_TAIL, Codec, Envelope
+from .codec import ENVELOPE_TAIL, REPLAY_HEAD, Codec, Envelope
 from .errors import DecodingError, TransportError
 from .handoff import Handoff
+from .recovery import Recovery
 from .stats import Stats, ThrottledLog
 from .transport import SubscribeConnection
 
@@ -39,6 +45,9 @@ logger = logging.getLogger("signalbus")
 _POLL = 0.25
 _MAX_BACKOFF = 2.0
 
+CATCH_UP = None
+"""In place of a message: the channel was subscribed again after a reconnect."""
+
 
 class Subscriber:
     """Owns the subscriber connection and the reader and dispatcher threads."""
@@ -46,29 +55,33 @@ class Subscriber:
     def __init__(
         self,
         connection: SubscribeConnection,
-        dispatch: Callable[[bytes, bytes], None],
+        dispatch: Callable[[bytes, bytes | None], None],
         is_wanted: Callable[[bytes], bool],
         own_token: bytes,
         *,
+        locate: Callable[[Collection[bytes]], None],
         stats: Stats,
         log: ThrottledLog,
         backlog: int,
+        stopping: threading.Event,
         keepalive: float = 15.0,
     ) -> None:
         self._conn = connection
         self._dispatch = dispatch
+        self._locate = locate
         self._own_tail = ENVELOPE_TAIL + own_token  # after the array's size: 8 or 9
         self._is_wanted = is_wanted
         self._stats = stats
         self._log = log
         self._keepalive = keepalive
-        self._handoff: Handoff[tuple[bytes, bytes]] = Handoff(backlog)
+        self._handoff: Handoff[tuple[bytes, bytes | None]] = Handoff(backlog)
         self._lock = threading.Lock()
         self._wanted: set[bytes] = set()
         self._confirmed: set[bytes] = set()
+        self._confirmed_once: set[bytes] = set()  # wanted, and subscribed at least once
         self._pending: dict[bytes, threading.Event] = {}
         self._released: deque[bytes] = deque()
-        self._stopping = threading.Event()
+        self._stopping = stopping
         self._threads: list[threading.Thread] = []
         self._heard = False
         self._quiet_since = time.monotonic()
@@ -91,6 +104,8 @@ class Subscriber:
                 if channel not in self._confirmed
             ]
             if new:
+                with contextlib.suppress(TransportError):  # the reader locates on connecting
+                    self._locate(new)
                 self._conn.write(b"SUBSCRIBE", new)
         self.start()
         deadline = time.monotonic() + timeout
@@ -172,6 +187,7 @@ class Subscriber:
     def _connect(self, reconnecting: bool) -> None:
         with self._lock:
             self._confirmed.clear()
+            self._locate(self._wanted - self._confirmed_once)
             self._conn.connect(self._wanted)
             count = len(self._wanted)
         self._heard, self._ping_sent = False, None
@@ -194,10 +210,12 @@ class Subscriber:
             return
         self._heard = True
         if type(reply) is list and reply[0] == b"message":
-            if reply[2].startswith(self._own_tail, 1):  # our own event, delivered locally already
+            data = reply[2]
+            if data.startswith(self._own_tail, 1) and data[0] != REPLAY_HEAD:
+                # our own event, delivered locally already
                 self._stats.own_skipped += 1
             else:
-                self._handoff.put((reply[1], reply[2]))
+                self._handoff.put((reply[1], data))
                 if self._handoff.full():
                     self._wait_for_dispatcher()
         elif type(reply) is list and reply[0] in (b"subscribe", b"unsubscribe"):
@@ -214,6 +232,9 @@ class Subscriber:
                 return
             if channel in self._wanted:
                 self._confirmed.add(channel)
+                if channel in self._confirmed_once:  # again, after a reconnect
+                    self._handoff.put((channel, CATCH_UP))
+                self._confirmed_once.add(channel)
             confirmation = self._pending.pop(channel, None)
         if confirmation is not None:
             confirmation.set()
@@ -251,6 +272,7 @@ class Subscriber:
             unwanted = [c for c in candidates if c in self._wanted and not self._is_wanted(c)]
             self._wanted.difference_update(unwanted)
             self._confirmed.difference_update(unwanted)
+            self._confirmed_once.difference_update(unwanted)
             if unwanted:
                 self._conn.write(b"UNSUBSCRIBE", unwanted)
 
@@ -275,22 +297,31 @@ class Dispatcher:
         self,
         codec: Codec,
         signals_for: Callable[[bytes], Sequence[Signal]],
+        recovery: Recovery,
         *,
         stats: Stats,
         log: ThrottledLog,
     ) -> None:
         self._codec = codec
         self._signals_for = signals_for
+        self._recovery = recovery
         self._stats = stats
         self._log = log
 
-    def __call__(self, channel_key: bytes, data: bytes) -> None:
+    def __call__(self, channel_key: bytes, data: bytes | None) -> None:
+        if data is CATCH_UP:
+            for envelope in self._recovery.catch_up(channel_key):
+                self._deliver(channel_key, envelope)
+            return
         self._stats.received += 1
         try:
             envelope = self._codec.decode(data)
         except DecodingError as exc:
             self._skip(channel_key, str(exc))
             return
+        self._deliver(channel_key, envelope)
+
+    def _deliver(self, channel_key: bytes, envelope: Envelope) -> None:
         candidates = self._signals_for(channel_key)
         if not candidates:  # its last receiver went a moment ago
             return
@@ -298,6 +329,14 @@ class Dispatcher:
         if not signals:
             self._skip(channel_key, f"the event names channel {envelope.channel!r}")
             return
+        if not envelope.replayed:
+            try:
+                if self._recovery.is_repeat(channel_key, envelope):
+                    self._stats.add("duplicates")
+                    return
+            except DecodingError as exc:
+                self._skip(channel_key, str(exc))
+                return
         token = event_module._current.set(envelope.remote_event)
         try:
             for signal in signals:
@@ -319,6 +358,8 @@ class Dispatcher:
             return
         sender, kwargs = envelope.sender, envelope.kwargs
         for receiver in signal.receivers_for(sender):
+            if envelope.replayed and not signal.takes_replays(receiver):
+                continue
             try:
                 result: Any = receiver(sender, **kwargs)
                 if inspect.iscoroutine(result):

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import TransportError
 from .history import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
 
-__all__ = ["PublishConnection", "SubscribeConnection", "client_from_url"]
+__all__ = ["PublishConnection", "SubscribeConnection", "client_from_url", "command_client"]
 
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -39,16 +39,31 @@ def client_from_url(url: str) -> redis.Redis:
 DEFAULT_SOCKET_TIMEOUT = 10.0
 
 
-def _dedicated_connection(client: redis.Redis) -> Any:
-    """A connection of the client's kind, outside its pool, speaking RESP2.
-
-    Its socket timeout is the client's, or ``DEFAULT_SOCKET_TIMEOUT`` if it has none.
-    """
-    pool = client.connection_pool
-    kwargs = dict(pool.connection_kwargs, protocol=2)
+def _connection_kwargs(client: redis.Redis) -> dict[str, Any]:
+    """The client's connection settings, in RESP2, with ``DEFAULT_SOCKET_TIMEOUT``
+    where it has no socket timeout."""
+    kwargs = dict(client.connection_pool.connection_kwargs, protocol=2)
+    for resp3_only in ("maint_notifications_config", "maint_notifications_pool_handler"):
+        kwargs.pop(resp3_only, None)
     if kwargs.get("socket_timeout") is None:
         kwargs["socket_timeout"] = DEFAULT_SOCKET_TIMEOUT
-    return pool.connection_class(**kwargs)
+    return kwargs
+
+
+def _dedicated_connection(client: redis.Redis) -> Any:
+    """A connection of the client's kind, outside its pool."""
+    pool = client.connection_pool
+    return pool.connection_class(**_connection_kwargs(client))
+
+
+def command_client(client: redis.Redis) -> redis.Redis:
+    """A client of its own on ``client``'s server, for a bus's background commands."""
+    pool = client.connection_pool
+    return redis.Redis(
+        connection_pool=type(pool)(
+            connection_class=pool.connection_class, **_connection_kwargs(client)
+        )
+    )
 
 
 def _bulk(value: bytes) -> bytes:

@@ -1,0 +1,298 @@
+"""Gap recovery against a real server: events missed while disconnected are delivered
+from history, once and in order; what history no longer holds is reported.
+
+Every test numbers what it sends and checks what was seen against it (a Ledger).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from signalbus import Bus, Namespace, Signal, history_gap
+from signalbus.history import PUBLISH_SCRIPT
+from signalbus.testing import RedisServer
+
+from .helpers import Ledger, wait_for
+from .proxy import Proxy
+
+CHANNEL = "auth.logged-in"
+
+
+def send(bus: Bus, signal: Signal, numbers: range) -> None:
+    for n in numbers:
+        signal.send("web", n=n)
+    assert bus.flush(20)
+
+
+def listen(bus: Bus, ledger: Ledger) -> Signal:
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    signal.connect(ledger.receiver)
+    return signal
+
+
+@pytest.fixture
+def gaps() -> Iterator[list[dict[str, Any]]]:
+    """What history_gap reports while the test runs."""
+    reported: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        reported.append({"bus": sender, **kwargs})
+
+    with history_gap.connected_to(receiver):
+        yield reported
+
+
+@pytest.fixture
+def proxy(own_server: RedisServer) -> Iterator[Proxy]:
+    with Proxy(own_server.port) as proxy:
+        yield proxy
+
+
+def test_events_sent_while_cut_off_are_recovered_once_and_in_order(
+    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    ledger = Ledger()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(proxy.url, prefix=prefix) as receiver_bus,
+    ):
+        listen(receiver_bus, ledger)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        send(sender_bus, signal, range(0, 50))
+        ledger.wait(50)
+        proxy.cut()
+        send(sender_bus, signal, range(50, 150))  # published while the receiver is away
+        proxy.heal()
+        wait_for(lambda: receiver_bus.stats()["reconnects"] >= 1)
+        ledger.wait(150)
+        send(sender_bus, signal, range(150, 200))
+        ledger.wait(200)
+        ledger.check_exactly_once_in_order(200)
+        stats = receiver_bus.stats()
+    assert stats["recovered"] == 100
+    assert stats["gaps"] == 0 and gaps == []
+
+
+def test_a_receiver_that_had_seen_nothing_yet_recovers_from_where_it_subscribed(
+    own_server: RedisServer, proxy: Proxy, prefix: str
+) -> None:
+    ledger = Ledger()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(proxy.url, prefix=prefix) as receiver_bus,
+    ):
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        send(sender_bus, signal, range(-3, 0))  # before the receiver subscribed: not for it
+        listen(receiver_bus, ledger)
+        proxy.cut()
+        send(sender_bus, signal, range(0, 20))
+        proxy.heal()
+        ledger.wait(20)
+        send(sender_bus, signal, range(20, 25))
+        ledger.wait(25)
+        ledger.check_exactly_once_in_order(25)
+        assert receiver_bus.stats()["recovered"] == 20
+
+
+def test_subscriber_connection_killed_while_numbered_events_are_sent(
+    make_bus: Callable[..., Bus], raw: redis.Redis
+) -> None:
+    sender_bus, receiver_bus = make_bus(), make_bus()
+    ledger = Ledger()
+    listen(receiver_bus, ledger)
+    signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+    total = 3000
+    sending_done = threading.Event()
+
+    def sender() -> None:
+        pace = threading.Event()
+        for start in range(0, total, 20):
+            for n in range(start, start + 20):
+                signal.send("web", n=n)
+            pace.wait(0.001)  # a steady stream over a few hundred ms, not one burst
+        sending_done.set()
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    kills = 0
+    pause = threading.Event()
+    while not sending_done.is_set():
+        kills += raw.client_kill_filter(_type="pubsub") > 0
+        pause.wait(0.01)
+    thread.join(30)
+    assert sender_bus.flush(20)
+    ledger.wait(total, timeout=30)
+    ledger.check_exactly_once_in_order(total)
+    assert kills >= 3
+    assert receiver_bus.stats()["reconnects"] >= 3
+    assert receiver_bus.stats()["gaps"] == 0
+
+
+def test_redis_restarted_with_persistence_loses_nothing(
+    prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    ledger = Ledger()
+    with (
+        RedisServer(["--appendonly", "yes", "--appendfsync", "always"]) as server,
+        Bus(server.url, prefix=prefix) as sender_bus,
+        Bus(server.url, prefix=prefix) as receiver_bus,
+    ):
+        listen(receiver_bus, ledger)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        send(sender_bus, signal, range(0, 100))
+        ledger.wait(100)
+        server.stop()  # SIGKILL: a crash; every write was fsynced
+        for n in range(100, 200):  # queued while Redis is down
+            signal.send("web", n=n)
+        server.start()
+        assert sender_bus.flush(20)
+        send(sender_bus, signal, range(200, 300))
+        ledger.wait(300, timeout=30)
+        ledger.check_exactly_once_in_order(300)
+        assert receiver_bus.stats()["reconnects"] >= 1
+        assert receiver_bus.stats()["gaps"] == 0 and gaps == []
+
+
+def test_redis_restarted_without_persistence_reports_the_gap(
+    own_server: RedisServer, prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    ledger = Ledger()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(own_server.url, prefix=prefix) as receiver_bus,
+    ):
+        listen(receiver_bus, ledger)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        send(sender_bus, signal, range(0, 10))
+        ledger.wait(10)
+        last_seen = list(signal.history())[-1].stream_id
+        own_server.stop()
+        own_server.start()  # empty: the history is gone
+        send(sender_bus, signal, range(10, 20))
+        ledger.wait(20, timeout=30)
+        ledger.check_exactly_once_in_order(20)
+        wait_for(lambda: gaps)
+        assert receiver_bus.stats()["gaps"] == 1
+    assert gaps == [
+        {
+            "bus": receiver_bus,
+            "channel": CHANNEL,
+            "last_seen": last_seen,
+            "first_kept": gaps[0]["first_kept"],
+        }
+    ]
+
+
+def test_trimmed_history_is_reported_and_delivery_resumes_at_what_is_kept(
+    own_server: RedisServer,
+    proxy: Proxy,
+    prefix: str,
+    gaps: list[dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger = Ledger()
+    raw = own_server.client()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(proxy.url, prefix=prefix) as receiver_bus,
+    ):
+        listen(receiver_bus, ledger)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        send(sender_bus, signal, range(0, 10))
+        ledger.wait(10)
+        proxy.cut()
+        send(sender_bus, signal, range(10, 110))
+        raw.xtrim(f"{prefix}signalbus:history:{CHANNEL}", maxlen=50, approximate=False)
+        first_kept = next(iter(signal.history()))
+        proxy.heal()
+        ledger.wait(60)
+    raw.close()
+    assert ledger.seen == [*range(0, 10), *range(60, 110)]
+    assert len(gaps) == 1 and gaps[0]["first_kept"] == first_kept.stream_id
+    assert f"events on '{CHANNEL}' may be lost" in caplog.text
+
+
+def test_redis_cutting_a_slow_subscriber_loses_nothing(
+    own_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = own_server.client()
+    client.config_set("client-output-buffer-limit", "pubsub 32kb 16kb 1")
+    client.close()
+    gate = threading.Event()
+    ledger = Ledger()
+
+    def slow(sender: object, **kwargs: Any) -> None:
+        gate.wait(30)
+        ledger.receiver(sender, **kwargs)
+
+    total = 4000
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(own_server.url, prefix=prefix, dispatch_backlog=5) as receiver_bus,
+    ):
+        Namespace("auth", bus=receiver_bus).signal("logged-in").connect(slow)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        # Far more than the kernel's socket buffers hold, so Redis's own buffer fills.
+        for n in range(total):
+            signal.send("web", n=n, padding="x" * 4000)
+        assert sender_bus.flush(20)
+        gate.set()
+        ledger.wait(total, timeout=60)
+        ledger.check_exactly_once_in_order(total)
+        stats = receiver_bus.stats()
+    assert stats["reconnects"] >= 1 and stats["recovered"] >= 1
+    assert "subscriber connection lost" in caplog.text
+
+
+def test_an_event_published_twice_is_delivered_once(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str
+) -> None:
+    receiver_bus, sender_bus = make_bus(), make_bus()
+    ledger = Ledger()
+    listen(receiver_bus, ledger)
+    data = sender_bus.codec.encode(
+        token=b"12345678",
+        seq=1,
+        channel=CHANNEL,
+        sender="web",
+        kwargs={"n": 0},
+        timestamp=0.0,
+        origin="test",
+    )
+    stream = f"{prefix}signalbus:history:{CHANNEL}"
+    for _ in range(2):  # as a publisher retrying after a lost reply would
+        raw.eval(PUBLISH_SCRIPT, 1, stream, 100, "0", 1, prefix + CHANNEL, data)  # type: ignore[no-untyped-call]
+    signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+    send(sender_bus, signal, range(1, 2))
+    ledger.wait(2)
+    ledger.check_exactly_once_in_order(2)
+    assert raw.xlen(stream) == 3
+    assert receiver_bus.stats()["duplicates"] == 1
+
+
+def test_a_receiver_bus_without_history_neither_recovers_nor_reports(
+    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    ledger = Ledger()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(proxy.url, prefix=prefix, history=False) as receiver_bus,
+    ):
+        listen(receiver_bus, ledger)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        proxy.cut()
+        send(sender_bus, signal, range(0, 5))
+        proxy.heal()
+        raw = own_server.client()
+        key = (prefix + CHANNEL).encode()
+        wait_for(lambda: raw.pubsub_numsub(key) == [(key, 1)])  # subscribed again
+        raw.close()
+        send(sender_bus, signal, range(5, 6))
+        ledger.wait(1)
+    assert ledger.seen == [5]
+    assert receiver_bus.stats()["recovered"] == 0 and gaps == []
