@@ -131,10 +131,14 @@ def replay(
                 progress(last)
         publisher.finish()
     except redis.RedisError as exc:
+        if not publisher.published:
+            raise PublishError(
+                f"signal {channel!r}: replay failed, nothing published: {exc}"
+            ) from exc
         raise PublishError(
-            f"signal {channel!r}: replay stopped after {publisher.published} events "
-            f"(last read: {last.stream_id if last else 'none'}): {exc}; replaying again from "
-            "there delivers some events twice, under the same ids"
+            f"signal {channel!r}: replay stopped after {publisher.published} events, the last "
+            f"read being {last.stream_id if last else '?'}: {exc}; replaying again from there "
+            "delivers some events twice, under their same ids"
         ) from exc
     return ReplayReport(
         channel,

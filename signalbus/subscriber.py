@@ -103,8 +103,10 @@ class Subscriber:
                 for channel in channels
                 if channel not in self._confirmed
             ]
-            if new:
-                with contextlib.suppress(TransportError):  # the reader locates on connecting
+            # Unconnected, the reader locates and subscribes when it connects; so a
+            # forked child does no I/O here, in its fork hook.
+            if new and self._conn.connected:
+                with contextlib.suppress(TransportError):
                     self._locate(new)
                 self._conn.write(b"SUBSCRIBE", new)
         self.start()
