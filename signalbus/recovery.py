@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
-from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
@@ -25,7 +24,7 @@ import blinker
 import redis
 
 from .codec import Codec, Envelope
-from .errors import DecodingError, TransportError
+from .errors import TransportError
 from .history import decoded, entries
 from .stats import Stats, ThrottledLog
 
@@ -43,17 +42,26 @@ history_gap = blinker.NamedSignal(
 
 StreamId = tuple[int, int]
 _START: StreamId = (0, 0)  # before every entry: a stream that was empty or absent
+_NOWHERE: StreamId = (-1, -1)  # no position known
 _NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 _MAX_BACKOFF = 2.0
 
-DEDUPLICATION_WINDOW = 10_000
-"""How many recent event ids each bus remembers to drop second copies."""
+DEDUPLICATION_WINDOW = 5_000
+"""Each bus remembers the ids of the last 5,000 to 10,000 events it dispatched, to drop
+second copies (a publisher retrying after a lost reply publishes again)."""
 
 
 def parse_id(text: str) -> StreamId:
     """A stream entry id as a pair of ints, which compare as ids do."""
     milliseconds, _, sequence = text.partition("-")
     return int(milliseconds), int(sequence or 0)
+
+
+def _parse_or_none(text: str) -> StreamId | None:
+    try:
+        return parse_id(text)
+    except ValueError:  # not an id: forged, or garbage
+        return None
 
 
 def format_id(position: StreamId) -> str:
@@ -88,10 +96,11 @@ class Recovery:
         self._stats = stats
         self._log = log
         self._stopping = stopping
-        self._seen: dict[bytes, StreamId] = {}
-        self._start: dict[bytes, StreamId] = {}
-        self._recent: set[tuple[bytes, int]] = set()
-        self._recent_order: deque[tuple[bytes, int]] = deque()
+        self._seen: dict[bytes, str] = {}  # the stream id of the last event dispatched
+        self._start: dict[bytes, StreamId] = {}  # where the stream ended on subscribing
+        self._overlap: dict[bytes, StreamId] = {}  # what the last catch-up reached
+        self._recent: set[tuple[bytes, int]] = set()  # event ids dispatched: two generations
+        self._older: set[tuple[bytes, int]] = set()
 
     def locate(self, channel_keys: Collection[bytes]) -> None:
         """Note where the streams of ``channel_keys`` end now, before subscribing to them.
@@ -117,27 +126,42 @@ class Recovery:
             self._start[key] = max(position, self._start.get(key, position))
 
     def is_repeat(self, channel_key: bytes, envelope: Envelope) -> bool:
-        """Whether ``envelope`` was dispatched already; else remember that it is now.
+        """Whether ``envelope`` was dispatched already; else note that it is now.
 
-        Raises :class:`DecodingError` for a malformed stream entry id.
+        On every event's path, so cheap: stream ids are compared only just after a
+        catch-up, while live events may still repeat what it delivered.
         """
         identity = (envelope.token, envelope.seq)
-        if identity in self._recent:
+        if identity in self._recent or identity in self._older:
             return True
-        self._recent.add(identity)
-        self._recent_order.append(identity)
-        if len(self._recent_order) > DEDUPLICATION_WINDOW:
-            self._recent.discard(self._recent_order.popleft())
-        if envelope.stream_id is None:
-            return False
-        try:
-            position = parse_id(envelope.stream_id)
-        except ValueError:
-            raise DecodingError(f"malformed stream entry id {envelope.stream_id!r}") from None
-        if position <= self._seen.get(channel_key, _START):
-            return True
-        self._seen[channel_key] = position
+        recent = self._recent
+        recent.add(identity)
+        if len(recent) >= DEDUPLICATION_WINDOW:
+            self._older, self._recent = recent, set()
+        stream_id = envelope.stream_id
+        if stream_id is not None:
+            if self._overlap and self._caught_up_before(channel_key, stream_id):
+                return True
+            self._seen[channel_key] = stream_id
         return False
+
+    def _caught_up_before(self, channel_key: bytes, stream_id: str) -> bool:
+        """Whether a catch-up delivered ``stream_id`` already; the first live event past
+        what it delivered ends the comparisons."""
+        reached = self._overlap.get(channel_key)
+        if reached is None:
+            return False
+        position = _parse_or_none(stream_id)
+        if position is not None and position <= reached:
+            return True
+        del self._overlap[channel_key]
+        return False
+
+    def _position(self, channel_key: bytes) -> StreamId:
+        """Where to resume: the last event dispatched, else where the stream ended on
+        subscribing (a forged, malformed stream id counts for nothing)."""
+        seen = _parse_or_none(self._seen.get(channel_key, ""))
+        return max(seen or _NOWHERE, self._start.get(channel_key, _NOWHERE))
 
     def catch_up(self, channel_key: bytes) -> Iterator[Envelope]:
         """The events of ``channel_key`` kept after this process's position, oldest first.
@@ -151,16 +175,12 @@ class Recovery:
         channel, stream = found
         backoff = 0.05
         while not self._stopping.is_set():
-            known = [
-                p
-                for p in (self._seen.get(channel_key), self._start.get(channel_key))
-                if p is not None
-            ]
-            if not known:  # never located, nothing dispatched: no position to resume from
+            position = self._position(channel_key)
+            if position == _NOWHERE:  # never located, nothing dispatched: no place to resume
                 return
-            position = max(known)
             try:
-                yield from self._after(channel_key, channel, stream, position)
+                yield from self._after(channel, stream, position)
+                self._overlap[channel_key] = self._position(channel_key)
                 return
             except _NETWORK_ERRORS as exc:
                 self._log.warning(
@@ -172,9 +192,7 @@ class Recovery:
                 self._gap(channel, position, None, f"Redis refused to read its history: {exc}")
                 return
 
-    def _after(
-        self, channel_key: bytes, channel: str, stream: bytes, position: StreamId
-    ) -> Iterator[Envelope]:
+    def _after(self, channel: str, stream: bytes, position: StreamId) -> Iterator[Envelope]:
         found = entries(self._client, stream, format_id(position))
         if position != _START:
             first = next(found, None)
