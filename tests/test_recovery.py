@@ -15,10 +15,9 @@ import redis
 
 from signalbus import Bus, Namespace, Signal, history_gap
 from signalbus.history import PUBLISH_SCRIPT
-from signalbus.testing import RedisServer
+from signalbus.testing import Proxy, RedisServer
 
 from .helpers import Ledger, wait_for
-from .proxy import Proxy
 
 CHANNEL = "auth.logged-in"
 
