@@ -3,19 +3,23 @@
     signalbus ping                              does the Redis server answer?
     signalbus tail [PATTERN] [--json]           print the live events, one line each
     signalbus send CHANNEL [--sender S] K=V...  emit one event by hand
+    signalbus history CHANNEL [--since T] ...   print the events a signal kept, oldest first
+    signalbus replay CHANNEL --since T ...      publish kept events again (try --dry-run)
 
 Every command takes ``--url`` (default ``$SIGNALBUS_URL``, else
 ``redis://localhost:6379/0``) and ``--prefix`` (the bus's channel prefix), before or
 after the command's name. Exit codes: 0 done, 1 Redis unreachable or refused, 2 bad
 usage. ``tail`` is a read-only observer on a plain redis-py connection: it needs no
 bus, and decodes with the same codec receivers use, so what it calls skipped is what
-receivers skip.
+receivers skip. ``send``, ``history`` and ``replay`` go through a ``Bus``, as
+applications do.
 
 click and rich are imported here only; ``import signalbus`` never imports this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import decimal
@@ -26,19 +30,36 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import click
 import redis
 from redis.client import PubSub
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from .bus import DEFAULT_URL, Bus, _redacted
 from .codec import Codec, Envelope
-from .errors import ConfigurationError, DecodingError, EncodingError, PublishError, SignalBusError
-from .signals import Namespace
+from .errors import (
+    ArgumentError,
+    ConfigurationError,
+    DecodingError,
+    EncodingError,
+    SignalBusError,
+    TransportError,
+)
+from .event import Event
+from .history import ENTRY_ID, TimeBound
+from .replay import ReplayReport
+from .signals import Namespace, Signal
 
 __all__ = ["cli", "main"]
 
@@ -131,32 +152,39 @@ def _console(*, stderr: bool = False) -> Console:
     return _Console(stderr=stderr, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
-def _clock(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp).strftime("%H:%M:%S.%f")[:-3]
+_Shown = Envelope | Event
+"""What ``tail`` (a decoded envelope) and ``history`` (an event read back) print."""
 
 
-def _with_kwargs(line: Text, kwargs: dict[str, Any]) -> Text:
+def _clock(timestamp: float, *, dated: bool = False) -> str:
+    shape = "%Y-%m-%d %H:%M:%S.%f" if dated else "%H:%M:%S.%f"
+    return datetime.datetime.fromtimestamp(timestamp).strftime(shape)[:-3]
+
+
+def _with_kwargs(line: Text, kwargs: Mapping[str, Any] | None) -> Text:
     """``line`` followed by ``key=repr(value)`` for each argument."""
-    for position, (key, value) in enumerate(kwargs.items()):
+    for position, (key, value) in enumerate((kwargs or {}).items()):
         line.append("  " if position == 0 else " ")
         line.append(f"{key}=", style="dim")
         line.append(repr(value))
     return line
 
 
-def _event_line(envelope: Envelope) -> Text:
+def _event_line(event: _Shown, *, with_stream_id: bool = False) -> Text:
+    """Time, channel, sender, origin and arguments; first the entry id, if asked."""
     line = Text.assemble(
-        (_clock(envelope.timestamp), "dim"),
+        (f"{event.stream_id}  " if with_stream_id else "", "dim"),
+        (_clock(event.timestamp), "dim"),
         "  ",
-        (envelope.channel, "bold cyan"),
+        (event.channel, "bold cyan"),
         "  ",
         ("sender=", "dim"),
-        (repr(envelope.sender), "green"),
+        (repr(event.sender), "green"),
         "  ",
         ("origin=", "dim"),
-        (envelope.origin, "magenta"),
+        (event.origin, "magenta"),
     )
-    return _with_kwargs(line, envelope.kwargs)
+    return _with_kwargs(line, event.kwargs)
 
 
 def _jsonable(value: Any) -> Any:
@@ -180,19 +208,30 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _event_json(envelope: Envelope) -> str:
-    return json.dumps(
-        {
-            "id": envelope.id,
-            "channel": envelope.channel,
-            "sender": _jsonable(envelope.sender),
-            "kwargs": _jsonable(envelope.kwargs),
-            "timestamp": envelope.timestamp,
-            "time": datetime.datetime.fromtimestamp(envelope.timestamp, datetime.UTC).isoformat(),
-            "origin": envelope.origin,
-        },
-        ensure_ascii=False,
-    )
+def _event_json(event: _Shown, *, with_stream_id: bool = False) -> str:
+    fields = {
+        "id": event.id,
+        "channel": event.channel,
+        "sender": _jsonable(event.sender),
+        "kwargs": _jsonable(dict(event.kwargs or {})),
+        "timestamp": event.timestamp,
+        "time": datetime.datetime.fromtimestamp(event.timestamp, datetime.UTC).isoformat(),
+        "origin": event.origin,
+    }
+    if with_stream_id:
+        fields["stream_id"] = event.stream_id
+    return json.dumps(fields, ensure_ascii=False)
+
+
+def _counted(count: int, noun: str, plural: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def _quiet_stdout() -> None:
+    """After the reader went away (``| head``): send the rest of stdout, and the final
+    flush, nowhere, so the command can stop and exit 0 without a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _failure(url: str, exc: BaseException) -> click.ClickException:
@@ -260,9 +299,7 @@ def tail(settings: Settings, pattern: str, as_json: bool, count: int | None) -> 
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
-        # The reader went away (`| head`): stop, exit 0, and keep the final flush quiet.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _quiet_stdout()
     finally:
         tailer.close()
 
@@ -355,6 +392,40 @@ def _parse_values(values: Sequence[str]) -> dict[str, Any]:
     return kwargs
 
 
+def _split_channel(channel: str) -> tuple[str, str]:
+    """CHANNEL's namespace and signal name: it is split at its last dot."""
+    namespace, dot, name = channel.rpartition(".")
+    if not (dot and namespace and name):
+        raise click.BadParameter(
+            f"{channel!r} is not <namespace>.<signal>, e.g. auth.logged-in",
+            param_hint="CHANNEL",
+        )
+    return namespace, name
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while isinstance(exc, SignalBusError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+@contextlib.contextmanager
+def _signal(settings: Settings, channel: str, *, synchronous: bool = False) -> Iterator[Signal]:
+    """The signal CHANNEL names, on a bus of its own closed on the way out. What the
+    library raises becomes a click error: exit 1 for Redis, 2 for bad usage."""
+    namespace, name = _split_channel(channel)
+    try:
+        with Bus(settings.url, prefix=settings.prefix, synchronous=synchronous) as bus:
+            yield Namespace(namespace, bus=bus).signal(name)
+    except (redis.RedisError, TransportError) as exc:
+        cause = _root_cause(exc)
+        if isinstance(cause, redis.RedisError):
+            raise _failure(settings.url, cause) from None
+        raise click.ClickException(str(exc)) from None
+    except (ArgumentError, ConfigurationError, EncodingError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @cli.command(no_args_is_help=True)
 @click.argument("channel")
 @click.argument("values", nargs=-1, metavar="[KEY=VALUE]...")
@@ -367,35 +438,229 @@ def send(settings: Settings, channel: str, values: tuple[str, ...], sender: str 
     Each VALUE is read as JSON when it is JSON (42, 1.5, true, null, "42", [1, 2],
     {"a": 1}), else taken as a string. Returns once Redis has the event.
     """
-    namespace, dot, name = channel.rpartition(".")
-    if not (dot and namespace and name):
-        raise click.BadParameter(
-            f"{channel!r} is not <namespace>.<signal>, e.g. auth.logged-in",
-            param_hint="CHANNEL",
-        )
-    kwargs = _parse_values(values)
-    bus = Bus(settings.url, prefix=settings.prefix, synchronous=True)
-    try:
-        Namespace(namespace, bus=bus).signal(name).send(sender, **kwargs)
-    except PublishError as exc:
-        cause = _root_cause(exc)
-        if isinstance(cause, redis.RedisError):
-            raise _failure(settings.url, cause) from None
-        raise click.ClickException(str(exc)) from None
-    except (EncodingError, ConfigurationError) as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        bus.close()
+    with _signal(settings, channel, synchronous=True) as signal:
+        kwargs = _parse_values(values)
+        signal.send(sender, **kwargs)
     line = Text.assemble(
         "sent ", (channel, "bold cyan"), "  ", ("sender=", "dim"), (repr(sender), "green")
     )
     _console().print(_with_kwargs(line, kwargs))
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    while isinstance(exc, SignalBusError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
+# -- history and replay ----------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_EPOCH = datetime.datetime.fromtimestamp(0, datetime.UTC)
+
+
+def _time(text: str) -> TimeBound:
+    """A --since or --until: a duration back from now (a timedelta), an ISO 8601 date or
+    time (an aware datetime, local unless it says otherwise) or a stream entry id (as is).
+
+    Raises ValueError, which click reports as a bad value for the option (exit 2).
+    """
+    text = text.strip()
+    if ENTRY_ID.fullmatch(text):
+        return text
+    try:
+        duration = _DURATION.fullmatch(text)
+        if duration:
+            return datetime.timedelta(**{_UNITS[duration[2]]: int(duration[1])})
+        moment = datetime.datetime.fromisoformat(text).astimezone()
+        return max(moment, _EPOCH)  # no entry is older, and Redis refuses negative ids
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(
+            f"{text!r} is not a time; give a duration back from now (30s, 15m, 2h, 7d), "
+            "an ISO 8601 date or time (2026-11-24, 2026-11-24T10:00, local unless it "
+            "has an offset) or a stream entry id (1732440000000-0)"
+        ) from None
+
+
+def _window_options(*, since_help: str, since_required: bool = False) -> Callable[[F], F]:
+    """--since, --until (both included) and --limit."""
+
+    def decorate(function: F) -> F:
+        function = click.option(
+            "--limit", type=click.IntRange(min=1), metavar="N", help="Read at most N entries."
+        )(function)
+        function = click.option(
+            "--until", type=_time, metavar="TIME", help="The newest event (default: the last)."
+        )(function)
+        return click.option(
+            "--since", type=_time, required=since_required, metavar="TIME", help=since_help
+        )(function)
+
+    return decorate
+
+
+def _rate(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a positive number of events/s", ctx, param)
+    return value
+
+
+@dataclasses.dataclass
+class _Tally:
+    """How many events went by, and the first and the last."""
+
+    events: int = 0
+    first: Event | None = None
+    last: Event | None = None
+
+    def add(self, event: Event) -> Event:
+        self.events += 1
+        if self.first is None:
+            self.first = event
+        self.last = event
+        return event
+
+    def summary(self, channel: str) -> str:
+        """How many events, from which entry to which; or that there were none."""
+        if self.first is None or self.last is None:
+            return f"no events kept for {channel} in that range"
+        ends = [
+            f"{e.stream_id} ({_clock(e.timestamp, dated=True)})" for e in (self.first, self.last)
+        ]
+        return f"{_counted(self.events, 'event')}, from {ends[0]} to {ends[1]}"
+
+
+def _note(console: Console, text: str) -> None:
+    console.print(Text(text, style="dim"))
+
+
+TIME_FORMS = (
+    "--since and --until are both included. TIME is a duration back from now (30s, 15m, "
+    "2h, 7d), an ISO 8601 date or time (2026-11-24, 2026-11-24T10:00, local time unless "
+    "it has an offset such as +00:00 or Z), or a stream entry id (1732440000000-0, as "
+    "history prints them)."
+)
+
+
+@cli.command(no_args_is_help=True, epilog=TIME_FORMS)
+@click.argument("channel")
+@_window_options(since_help="The oldest event (default: the first kept).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line.")
+@_connection_options()
+@click.pass_obj
+def history(
+    settings: Settings,
+    channel: str,
+    since: TimeBound,
+    until: TimeBound,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Print the events kept for CHANNEL (namespace.signal), oldest first.
+
+    One line per event: its stream entry id, then what tail prints; with --json, one
+    object per line with tail's keys and stream_id. Then, on stderr, how many events
+    and from which entry to which.
+    """
+    out, status = _console(), _console(stderr=True)
+    tally = _Tally()
+    try:
+        with _signal(settings, channel) as signal:
+            for event in map(tally.add, signal.history(since, until, limit)):
+                if as_json:
+                    click.echo(_event_json(event, with_stream_id=True))
+                else:
+                    out.print(_event_line(event, with_stream_id=True))
+    except BrokenPipeError:
+        _quiet_stdout()
+        return
+    _note(status, tally.summary(channel))
+
+
+@cli.command(no_args_is_help=True, epilog=TIME_FORMS)
+@click.argument("channel")
+@_window_options(
+    since_required=True,
+    since_help="The oldest event to replay; 0 for all that is kept.",
+)
+@click.option("--dry-run", is_flag=True, help="Publish nothing; show what would be replayed.")
+@click.option(
+    "--rate",
+    type=float,
+    callback=_rate,
+    metavar="N",
+    help="At most N events per second (default: as fast as Redis takes them).",
+)
+@_connection_options()
+@click.pass_obj
+def replay(
+    settings: Settings,
+    channel: str,
+    since: TimeBound,
+    until: TimeBound,
+    limit: int | None,
+    dry_run: bool,
+    rate: float | None,
+) -> None:
+    """Publish the events kept for CHANNEL (namespace.signal) again, oldest first, to
+    every process listening now.
+
+    Receivers get them with current_event().replayed set and their original ids, so
+    they can stay idempotent; receivers connected with replays=False never do. Replays
+    are not kept in history again. There is no prompt: run with --dry-run first to
+    see what would be replayed.
+    """
+    status = _console(stderr=True)
+    with _signal(settings, channel) as signal:
+        # Count first, for the progress bar's total: a second read of the stream is
+        # cheap next to publishing. The replay then covers exactly the entries counted:
+        # a duration does not slide, and events sent meanwhile (which receivers got
+        # live) are not replayed too.
+        counted = _Tally()
+        for event in signal.history(since, until, limit):
+            counted.add(event)
+        if counted.first is None or counted.last is None:
+            _note(status, f"nothing to replay: {counted.summary(channel)}")
+            return
+        since, until = counted.first.stream_id, counted.last.stream_id
+        doing = f"{'reading' if dry_run else 'replaying'} {channel}"
+        with _progress_bar(status, doing, counted.events) as advance:
+            report = signal.replay(
+                since, until, limit=limit, dry_run=dry_run, rate=rate, progress=advance
+            )
+    _show_report(report)
+
+
+@contextlib.contextmanager
+def _progress_bar(console: Console, doing: str, total: int) -> Iterator[Callable[[Event], None]]:
+    """A progress bar on ``console`` while the block runs, if it is a terminal (scripts
+    and logs get none); yields what moves it one event on."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(doing, total=total)
+        yield lambda event: progress.advance(task)
+
+
+def _show_report(report: ReplayReport) -> None:
+    """What a replay did, or would do: counts, then its first and last events."""
+    out = _console()
+    events = _counted(report.events, "event")
+    skipped = f"{_counted(report.skipped, 'entry', 'entries')} skipped (not events)"
+    if report.dry_run:
+        out.print(f"would replay {events} on {report.channel}; {skipped}")
+    else:
+        reached = _counted(report.listeners, "process", "processes")
+        out.print(
+            f"replayed {events} on {report.channel} in {report.seconds:.2f}s; "
+            f"reached {reached}; {skipped}"
+        )
+    for label, event in (("first", report.first), ("last ", report.last)):
+        if event is not None:
+            out.print(Text.assemble((label, "bold"), "  ", _event_line(event, with_stream_id=True)))
+    if report.dry_run:
+        out.print("dry run: nothing was published")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

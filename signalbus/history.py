@@ -129,7 +129,7 @@ return out
 PUBLISH_SCRIPT_SHA = hashlib.sha1(PUBLISH_SCRIPT).hexdigest().encode()
 
 _PAGE = 500
-_ENTRY_ID = re.compile(r"\d+(-\d+)?")
+ENTRY_ID = re.compile(r"\d+(-\d+)?")
 TimeBound = datetime.datetime | datetime.timedelta | str | None
 
 
@@ -141,7 +141,7 @@ def entry_bound(bound: TimeBound, *, channel: str, default: str) -> str:
         return str(int(bound.timestamp() * 1000))
     if isinstance(bound, datetime.timedelta):
         return str(max(0, int((time.time() - bound.total_seconds()) * 1000)))
-    if isinstance(bound, str) and _ENTRY_ID.fullmatch(bound):
+    if isinstance(bound, str) and ENTRY_ID.fullmatch(bound):
         return bound
     raise ArgumentError(
         f"signal {channel!r}: {bound!r} is not a time; give a datetime, a timedelta back "

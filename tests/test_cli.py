@@ -1,7 +1,8 @@
 """The ``signalbus`` command, against the real test server.
 
-``send`` and ``ping`` run in this process through ``main()``; ``tail`` runs as a real
-``python -m signalbus.cli`` process, so it can be interrupted and is always killed.
+``send``, ``ping``, ``history`` and ``replay`` run in this process through ``main()``;
+``tail`` runs as a real ``python -m signalbus.cli`` process, so it can be interrupted and
+is always killed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,13 +19,22 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import redis
 
-from signalbus import Bus, Namespace
-from signalbus.cli import main
+import signalbus
+from signalbus import (
+    ArgumentError,
+    Bus,
+    ConfigurationError,
+    Namespace,
+    PublishError,
+    ReplayReport,
+    Signal,
+)
+from signalbus.cli import _time, main
 from signalbus.codec import Codec
 from signalbus.testing import RedisServer
 
@@ -126,7 +137,16 @@ def test_ping_fails_clearly_when_the_server_is_unreachable(
     assert "cannot reach" in err
 
 
-@pytest.mark.parametrize("command", [["ping"], ["tail"], ["send", "auth.logged-in", "x=1"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ping"],
+        ["tail"],
+        ["send", "auth.logged-in", "x=1"],
+        ["history", "auth.logged-in"],
+        ["replay", "auth.logged-in", "--since", "0"],
+    ],
+)
 def test_every_command_fails_in_one_line_without_the_password(
     unreachable_url: str, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
@@ -205,12 +225,19 @@ def test_send_splits_the_channel_at_its_last_dot_and_takes_options_after_the_com
 
 
 @pytest.mark.parametrize("channel", ["logged-in", ".logged-in", "auth."])
-def test_send_rejects_a_channel_that_is_not_namespace_dot_signal(
-    unreachable_url: str, capsys: pytest.CaptureFixture[str], channel: str
+@pytest.mark.parametrize(
+    ("command", "options"), [("send", ["x=1"]), ("history", []), ("replay", ["--since", "0"])]
+)
+def test_commands_reject_a_channel_that_is_not_namespace_dot_signal(
+    unreachable_url: str,
+    capsys: pytest.CaptureFixture[str],
+    channel: str,
+    command: str,
+    options: list[str],
 ) -> None:
-    code, _, err = run(capsys, "--url", unreachable_url, "send", channel, "x=1")
-    assert code == 2
-    assert "is not <namespace>.<signal>" in err
+    code, out, err = run(capsys, "--url", unreachable_url, command, channel, *options)
+    assert (code, out) == (2, "")
+    assert f"Invalid value for CHANNEL: {channel!r} is not <namespace>.<signal>" in err
 
 
 @pytest.mark.parametrize(
@@ -386,3 +413,379 @@ def test_tail_reconnects_after_a_server_restart(own_server: RedisServer) -> None
     assert code == 0, err
     assert out.rstrip().endswith(" n=1")
     assert "reconnected; tailing '*' again" in err
+
+
+# -- history and replay --------------------------------------------------------------------
+
+STREAM_ID = r"\d+-\d+"
+
+
+@pytest.fixture
+def on_test_bus(
+    capsys: pytest.CaptureFixture[str], redis_url: str, prefix: str
+) -> Callable[..., tuple[int, str, str]]:
+    """``signalbus --url <the test server> --prefix <this test's> *args``, as ``run``."""
+    return lambda *args: run(capsys, "--url", redis_url, "--prefix", prefix, *args)
+
+
+def logged_in(make_bus: Callable[..., Bus], count: int) -> Signal:
+    """``auth.logged-in`` on a new bus, once it sent ``count`` events (n=0, 1...) kept."""
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    for n in range(count):
+        signal.send("web", n=n)
+    assert bus.flush(10)
+    return signal
+
+
+def stream_length(raw: redis.Redis, prefix: str) -> int:
+    return raw.xlen(f"{prefix}signalbus:history:auth.logged-in")
+
+
+class Replays:
+    """A receiver on a bus of its own: each event's n, and whether it was a replay."""
+
+    def __init__(self, make_bus: Callable[..., Bus]) -> None:
+        self.seen: list[tuple[int, bool, str]] = []
+        Namespace("auth", bus=make_bus()).signal("logged-in").connect(self)
+
+    def __call__(self, sender: object, **kwargs: int) -> None:
+        event = signalbus.current_event()
+        assert event is not None
+        self.seen.append((kwargs["n"], event.replayed, event.id))
+
+    def wait(self, count: int) -> list[tuple[int, bool]]:
+        wait_for(lambda: len(self.seen) >= count)
+        return [(n, replayed) for n, replayed, _ in self.seen]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", datetime.timedelta(seconds=30)),
+        ("15m", datetime.timedelta(minutes=15)),
+        ("2h", datetime.timedelta(hours=2)),
+        ("7d", datetime.timedelta(days=7)),
+        ("1732440000000-0", "1732440000000-0"),
+        ("1732440000000", "1732440000000"),
+        ("2026-11-24T10:00:00+00:00", datetime.datetime(2026, 11, 24, 10, tzinfo=datetime.UTC)),
+        ("2026-11-24T10:00Z", datetime.datetime(2026, 11, 24, 10, tzinfo=datetime.UTC)),
+        ("2026-11-24T10:00", datetime.datetime(2026, 11, 24, 10).astimezone()),
+        ("2026-11-24", datetime.datetime(2026, 11, 24).astimezone()),
+        ("1900-01-01T00:00+00:00", datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)),
+    ],
+)
+def test_times_are_durations_iso_datetimes_or_entry_ids(text: str, expected: object) -> None:
+    parsed = _time(text)
+    assert parsed == expected
+    if isinstance(parsed, datetime.datetime):
+        assert parsed.tzinfo is not None
+
+
+@pytest.mark.parametrize("text", ["yesterday", "5x", "12-ab", "-5m", "2026-13-01", "1.5h", ""])
+@pytest.mark.parametrize("option", ["--since", "--until"])
+@pytest.mark.parametrize("command", ["history", "replay"])
+def test_a_bad_time_is_a_usage_error_naming_the_option_and_the_forms(
+    unreachable_url: str, capsys: pytest.CaptureFixture[str], text: str, option: str, command: str
+) -> None:
+    since = [] if option == "--since" else ["--since", "0"]
+    code, out, err = run(
+        capsys, "--url", unreachable_url, command, "auth.logged-in", *since, option, text
+    )
+    assert (code, out) == (2, "")
+    assert f"Invalid value for '{option}': {text!r} is not a time" in err
+    assert all(form in err for form in ("30s, 15m, 2h, 7d", "2026-11-24T10:00", "1732440000000-0"))
+
+
+def test_history_prints_the_kept_events_oldest_first_with_their_entry_ids(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    signal = logged_in(make_bus, 3)
+    ids = [event.stream_id for event in signal.history()]
+    code, out, err = on_test_bus("history", "auth.logged-in")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3
+    for n, (stream_id, line) in enumerate(zip(ids, lines, strict=True)):
+        assert re.fullmatch(
+            rf"{stream_id}  \d\d:\d\d:\d\d\.\d{{3}}  auth\.logged-in  sender='web'  "
+            rf"origin=\S+:{os.getpid()}  n={n}",
+            line,
+        )
+    assert re.fullmatch(rf"3 events, from {ids[0]} \(.+\) to {ids[2]} \(.+\)\n", err)
+
+
+def test_history_json_has_the_keys_of_tail_and_the_entry_id(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    signal.send("web", user_id=42, when=datetime.date(2024, 5, 6), tags={"a"})
+    signal.send(None)
+    assert bus.flush(10)
+    code, out, err = on_test_bus("history", "auth.logged-in", "--json")
+    assert code == 0, err
+    first, second = (json.loads(line) for line in out.splitlines())
+    kept = list(signal.history())
+    assert set(first) == {
+        *("id", "channel", "sender", "kwargs", "timestamp", "time", "origin", "stream_id")
+    }
+    assert [first["stream_id"], second["stream_id"]] == [e.stream_id for e in kept]
+    assert [first["id"], second["id"]] == [e.id for e in kept]
+    assert (first["sender"], second["sender"]) == ("web", None)
+    assert first["kwargs"] == {"user_id": 42, "when": "2024-05-06", "tags": ["a"]}
+    assert second["kwargs"] == {}
+    assert first["channel"] == "auth.logged-in"
+    assert first["timestamp"] == kept[0].timestamp
+    assert err.startswith("2 events, from ")
+
+
+def test_history_reads_between_times_and_entry_ids_with_a_limit(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    signal = logged_in(make_bus, 5)
+    ids = [str(event.stream_id) for event in signal.history()]
+
+    def numbers(*options: str) -> list[int]:
+        code, out, err = on_test_bus("history", "auth.logged-in", "--json", *options)
+        assert code == 0, err
+        return [json.loads(line)["kwargs"]["n"] for line in out.splitlines()]
+
+    assert numbers("--limit", "2") == [0, 1]
+    assert numbers("--since", ids[1], "--until", ids[3]) == [1, 2, 3]
+    assert numbers("--since", ids[2], "--limit", "10") == [2, 3, 4]
+    assert numbers("--until", ids[1]) == [0, 1]
+    assert numbers("--since", "1h") == [0, 1, 2, 3, 4]
+    assert numbers("--since", "1969-01-01", "--until", "2h") == []
+    first_ms = int(ids[0].split("-")[0])  # bare millisecond ids
+    assert numbers("--since", str(first_ms)) == [0, 1, 2, 3, 4]
+    assert numbers("--until", str(first_ms - 1)) == []
+
+
+@pytest.mark.parametrize("window", [[], ["--since", "2h", "--until", "1h"]])
+def test_history_says_when_nothing_is_kept(
+    make_bus: Callable[..., Bus],
+    on_test_bus: Callable[..., tuple[int, str, str]],
+    window: list[str],
+) -> None:
+    if window:
+        logged_in(make_bus, 1)
+    code, out, err = on_test_bus("history", "auth.logged-in", *window)
+    assert (code, out) == (0, "")
+    assert err == "no events kept for auth.logged-in in that range\n"
+
+
+def test_history_rejects_a_limit_under_one(
+    unreachable_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "--url", unreachable_url, "history", "auth.logged-in", "--limit", "0"
+    )
+    assert code == 2
+    assert "Invalid value for '--limit'" in err
+
+
+@pytest.mark.parametrize("command", [["history"], ["replay", "--since", "0"]])
+def test_a_refusing_server_fails_with_exit_code_1(
+    raw: redis.Redis,
+    prefix: str,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+    command: list[str],
+) -> None:
+    raw.set(f"{prefix}signalbus:history:auth.logged-in", "not a stream")
+    code, out, err = on_test_bus(command[0], "auth.logged-in", *command[1:])
+    assert (code, out) == (1, "")
+    assert "refused: WRONGTYPE" in err
+
+
+@pytest.mark.parametrize("mode", [[], ["--json"]])
+def test_history_stops_quietly_when_its_reader_goes_away(
+    make_bus: Callable[..., Bus], redis_url: str, prefix: str, mode: list[str]
+) -> None:
+    logged_in(make_bus, 2000)  # far more output than a pipe holds
+    process = subprocess.Popen(
+        command_line("history", "auth.logged-in", *mode, "--url", redis_url, "--prefix", prefix),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline()
+        process.stdout.close()  # as `signalbus history ... | head -1` does
+        _, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert err == ""
+
+
+def test_replay_delivers_the_kept_events_again_with_their_ids(
+    make_bus: Callable[..., Bus],
+    raw: redis.Redis,
+    prefix: str,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+) -> None:
+    signal = logged_in(make_bus, 3)
+    kept = list(signal.history())
+    receiver = Replays(make_bus)
+    code, out, err = on_test_bus("replay", "auth.logged-in", "--since", "0")
+    assert (code, err) == (0, "")
+    assert receiver.wait(3) == [(0, True), (1, True), (2, True)]
+    assert [event_id for _, _, event_id in receiver.seen] == [event.id for event in kept]
+    summary, first, last = out.splitlines()
+    assert re.fullmatch(
+        r"replayed 3 events on auth\.logged-in in \d+\.\d\ds; reached 1 process; "
+        r"0 entries skipped \(not events\)",
+        summary,
+    )
+    assert first.startswith(f"first  {kept[0].stream_id}  ") and first.endswith(" n=0")
+    assert last.startswith(f"last   {kept[2].stream_id}  ") and last.endswith(" n=2")
+    assert stream_length(raw, prefix) == 3  # replays are not kept again
+
+
+def test_replay_takes_a_window_a_limit_and_a_rate(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    signal = logged_in(make_bus, 5)
+    ids = [str(event.stream_id) for event in signal.history()]
+    receiver = Replays(make_bus)
+    code, out, err = on_test_bus(
+        "replay", "auth.logged-in", "--since", "1h", "--until", ids[3], "--limit", "2"
+    )
+    assert (code, err) == (0, "")
+    assert out.startswith("replayed 2 events ")
+    code, out, err = on_test_bus(
+        "replay", "auth.logged-in", "--since", ids[2], "--until", ids[3], "--rate", "1000"
+    )
+    assert (code, err) == (0, "")
+    assert out.startswith("replayed 2 events ")
+    signal.send("web", n=99)  # live, after the replays: once it is here, nothing else comes
+    assert receiver.wait(5) == [(0, True), (1, True), (2, True), (3, True), (99, False)]
+
+
+def test_replay_covers_the_events_counted_not_those_sent_meanwhile(
+    make_bus: Callable[..., Bus],
+    monkeypatch: pytest.MonkeyPatch,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+) -> None:
+    signal = logged_in(make_bus, 3)
+    receiver = Replays(make_bus)
+    replay = Signal.replay
+
+    def sent_meanwhile(self: Signal, *args: Any, **kwargs: Any) -> ReplayReport:
+        signal.send("web", n=99)  # after the count, before the replay reads
+        assert signal.bus is not None and signal.bus.flush(10)
+        return replay(self, *args, **kwargs)
+
+    monkeypatch.setattr(Signal, "replay", sent_meanwhile)
+    code, out, err = on_test_bus("replay", "auth.logged-in", "--since", "1h")
+    assert (code, err) == (0, "")
+    assert out.startswith("replayed 3 events ")
+    signal.send("web", n=100)
+    assert receiver.wait(5) == [(99, False), (0, True), (1, True), (2, True), (100, False)]
+
+
+def test_replay_shows_its_progress_on_a_terminal_only(
+    make_bus: Callable[..., Bus],
+    monkeypatch: pytest.MonkeyPatch,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+) -> None:
+    logged_in(make_bus, 3)
+    code, _, err = on_test_bus("replay", "auth.logged-in", "--since", "0")
+    assert (code, err) == (0, "")
+    monkeypatch.setenv("FORCE_COLOR", "1")  # as if stderr were a terminal
+    monkeypatch.setenv("TERM", "xterm")
+    code, _, err = on_test_bus("replay", "auth.logged-in", "--since", "0")
+    assert code == 0
+    assert "replaying auth.logged-in" in err
+    assert "3/3" in err
+
+
+def test_a_dry_run_shows_what_would_be_replayed_and_publishes_nothing(
+    make_bus: Callable[..., Bus],
+    raw: redis.Redis,
+    prefix: str,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+) -> None:
+    signal = logged_in(make_bus, 3)
+    kept = list(signal.history())
+    receiver = Replays(make_bus)
+    code, out, err = on_test_bus("replay", "auth.logged-in", "--since", "0", "--dry-run")
+    assert (code, err) == (0, "")
+    summary, first, last, note = out.splitlines()
+    assert summary == "would replay 3 events on auth.logged-in; 0 entries skipped (not events)"
+    assert first.startswith(f"first  {kept[0].stream_id}  ") and first.endswith(" n=0")
+    assert last.startswith(f"last   {kept[2].stream_id}  ") and last.endswith(" n=2")
+    assert note == "dry run: nothing was published"
+    assert stream_length(raw, prefix) == 3
+    signal.send("web", n=99)  # live: had the dry run published, its events came first
+    assert receiver.wait(1) == [(99, False)]
+
+
+def test_replay_says_when_there_is_nothing_to_replay(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    logged_in(make_bus, 1)
+    code, out, err = on_test_bus("replay", "auth.logged-in", "--since", "2999-01-01")
+    assert (code, out) == (0, "")
+    assert err == "nothing to replay: no events kept for auth.logged-in in that range\n"
+
+
+def test_replay_needs_since(unreachable_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "--url", unreachable_url, "replay", "auth.logged-in")
+    assert (code, out) == (2, "")
+    assert "Missing option '--since'" in err
+
+
+@pytest.mark.parametrize("rate", ["0", "-1", "nan", "inf", "fast"])
+def test_replay_rejects_a_rate_that_is_not_a_positive_number(
+    unreachable_url: str, capsys: pytest.CaptureFixture[str], rate: str
+) -> None:
+    code, out, err = run(
+        capsys, "--url", unreachable_url, "replay", "auth.logged-in", "--since", "0", "--rate", rate
+    )
+    assert (code, out) == (2, "")
+    assert "Invalid value for '--rate'" in err
+
+
+def _lost_redis() -> PublishError:
+    try:
+        raise redis.ConnectionError("Connection reset by peer")
+    except redis.ConnectionError as exc:
+        try:
+            raise PublishError("replay stopped after 100 events") from exc
+        except PublishError as error:
+            return error
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (_lost_redis(), 1, "cannot reach redis://127.0.0.1:"),
+        (redis.ConnectionError("Connection reset by peer"), 1, "cannot reach redis://127.0.0.1:"),
+        (PublishError("the queue is full"), 1, "Error: the queue is full"),
+        (ArgumentError("signal 'auth.logged-in': bad"), 2, "Error: signal 'auth.logged-in': bad"),
+        (ConfigurationError("keeps no history"), 2, "Error: keeps no history"),
+    ],
+)
+def test_what_replay_raises_becomes_an_exit_code(
+    make_bus: Callable[..., Bus],
+    monkeypatch: pytest.MonkeyPatch,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+    error: Exception,
+    code: int,
+    message: str,
+) -> None:
+    logged_in(make_bus, 1)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(Signal, "replay", fail)
+    result = on_test_bus("replay", "auth.logged-in", "--since", "0")
+    assert result[:2] == (code, "")
+    assert message in result[2]
