@@ -171,7 +171,8 @@ def _with_kwargs(line: Text, kwargs: Mapping[str, Any] | None) -> Text:
 
 
 def _event_line(event: _Shown, *, with_stream_id: bool = False) -> Text:
-    """Time, channel, sender, origin and arguments; first the entry id, if asked."""
+    """Time, channel, sender, origin, a replay mark and arguments; first the entry id,
+    if asked."""
     line = Text.assemble(
         (f"{event.stream_id}  " if with_stream_id else "", "dim"),
         (_clock(event.timestamp), "dim"),
@@ -184,6 +185,8 @@ def _event_line(event: _Shown, *, with_stream_id: bool = False) -> Text:
         ("origin=", "dim"),
         (event.origin, "magenta"),
     )
+    if event.replayed:
+        line.append("  replayed", style="bold yellow")
     return _with_kwargs(line, event.kwargs)
 
 
@@ -217,6 +220,7 @@ def _event_json(event: _Shown, *, with_stream_id: bool = False) -> str:
         "timestamp": event.timestamp,
         "time": datetime.datetime.fromtimestamp(event.timestamp, datetime.UTC).isoformat(),
         "origin": event.origin,
+        "replayed": event.replayed,
     }
     if with_stream_id:
         fields["stream_id"] = event.stream_id

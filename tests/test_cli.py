@@ -307,6 +307,25 @@ def test_tail_json_prints_the_events_in_order(
     )
 
 
+def test_tail_marks_replayed_events(
+    start_tail: Callable[..., Tail], make_bus: Callable[..., Bus], redis_url: str, prefix: str
+) -> None:
+    bus = make_bus()
+    paid = Namespace("billing", bus=bus).signal("invoice-paid")
+    paid.send("web", n=1)
+    assert bus.flush(10)
+    # Two patterns: the server counts patterns, not subscribers, and each start waits for one.
+    readable = start_tail("--url", redis_url, "--prefix", prefix, "tail", "--count", "1")
+    as_json = start_tail(
+        "--url", redis_url, "--prefix", prefix, "tail", "billing.*", "--count", "1", "--json"
+    )
+    assert paid.replay("0").events == 1
+    out = readable.finish()[1]
+    assert "billing.invoice-paid  sender='web'" in out and "  replayed  n=1" in out
+    event = json.loads(as_json.finish()[1])
+    assert (event["replayed"], event["kwargs"]) == (True, {"n": 1})
+
+
 def test_tail_shows_what_it_skips_and_goes_on(
     start_tail: Callable[..., Tail],
     make_bus: Callable[..., Bus],
@@ -528,7 +547,8 @@ def test_history_json_has_the_keys_of_tail_and_the_entry_id(
     first, second = (json.loads(line) for line in out.splitlines())
     kept = list(signal.history())
     assert set(first) == {
-        *("id", "channel", "sender", "kwargs", "timestamp", "time", "origin", "stream_id")
+        *("id", "channel", "sender", "kwargs", "timestamp", "time", "origin", "replayed"),
+        "stream_id",
     }
     assert [first["stream_id"], second["stream_id"]] == [e.stream_id for e in kept]
     assert [first["id"], second["id"]] == [e.id for e in kept]
