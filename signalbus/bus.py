@@ -129,6 +129,7 @@ class Bus:
         self._token_hex = self._token.hex()
         self.origin = f"{socket.gethostname()}:{os.getpid()}"
         self._seq = itertools.count(1)
+        self._numbering = threading.Lock()
         self._stats = Stats()
         log = ThrottledLog()
         self._publisher = Publisher(
@@ -202,22 +203,25 @@ class Bus:
                 f"signal {signal.channel!r}: its bus is closed; make a new Bus or call "
                 "signalbus.configure() again"
             )
-        seq = next(self._seq)
-        timestamp = time.time()
         channel = signal.channel
-        data = self.codec.encode(
-            token=self._token,
-            seq=seq,
-            channel=channel,
-            sender=sender,
-            kwargs=kwargs,
-            timestamp=timestamp,
-            origin=self.origin,
-        )
         route = signal._route
         if route is None or route[0] is not self:
             route = signal._route = (self, self._key(channel), self._keep_for(signal))
-        self._publisher.submit((route[1], data, route[2]), channel, timestamp)
+        # Numbered and queued in one step: the bus publishes in the order of its numbers,
+        # which is how receivers tell a second copy (see signalbus.recovery).
+        with self._numbering:
+            seq = next(self._seq)
+            timestamp = time.time()
+            data = self.codec.encode(
+                token=self._token,
+                seq=seq,
+                channel=channel,
+                sender=sender,
+                kwargs=kwargs,
+                timestamp=timestamp,
+                origin=self.origin,
+            )
+            self._publisher.submit((route[1], data, route[2]), channel, timestamp)
         return Event(event_id(self._token_hex, seq), channel, self.origin, timestamp, False)
 
     def _keep_for(self, signal: Signal) -> Keep | None:

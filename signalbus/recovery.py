@@ -2,14 +2,14 @@
 
 A subscribing bus keeps, per channel, its position in the channel's history stream:
 the entry id of the last event it dispatched, or, before the first, where the stream
-ended when it subscribed. After a reconnect the reader subscribes again and tells the
-dispatcher, in order with the messages; the dispatcher then reads what the stream
-holds after its position and dispatches that, before the live events that follow.
-A live event at or before the position was dispatched already and is dropped, and
-so is a second copy of an event id (a publisher that retried after a failure may
-have published it twice). When the stream no longer holds the position (trimmed, or
-lost in a restart without persistence), events may be missing: that gap is logged,
-counted and sent as :data:`history_gap`, never passed over in silence.
+ended when it subscribed. After a reconnect the reader subscribes again and tells
+the dispatcher, in order with the messages; the dispatcher then reads what the
+stream holds after its position and dispatches that, before the live events that
+follow. An event whose id it dispatched already is dropped: a live event that the
+catch-up delivered, or a second copy from a publisher that retried after a failure.
+When the stream no longer holds the position (trimmed, or lost in a restart without
+persistence), events may be missing: that gap is logged, counted and sent as
+:data:`history_gap`, never passed over in silence.
 """
 
 from __future__ import annotations
@@ -46,9 +46,8 @@ _NOWHERE: StreamId = (-1, -1)  # no position known
 _NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 _MAX_BACKOFF = 2.0
 
-DEDUPLICATION_WINDOW = 5_000
-"""Each bus remembers the ids of the last 5,000 to 10,000 events it dispatched, to drop
-second copies (a publisher retrying after a lost reply publishes again)."""
+MAX_SENDERS = 4096
+"""Sending buses remembered per channel; past that, the half seen first is forgotten."""
 
 
 def parse_id(text: str) -> StreamId:
@@ -98,9 +97,7 @@ class Recovery:
         self._stopping = stopping
         self._seen: dict[bytes, str] = {}  # the stream id of the last event dispatched
         self._start: dict[bytes, StreamId] = {}  # where the stream ended on subscribing
-        self._overlap: dict[bytes, StreamId] = {}  # what the last catch-up reached
-        self._recent: set[tuple[bytes, int]] = set()  # event ids dispatched: two generations
-        self._older: set[tuple[bytes, int]] = set()
+        self._last_seq: dict[bytes, dict[bytes, int]] = {}  # per channel, per sending bus
 
     def locate(self, channel_keys: Collection[bytes]) -> None:
         """Note where the streams of ``channel_keys`` end now, before subscribing to them.
@@ -128,33 +125,23 @@ class Recovery:
     def is_repeat(self, channel_key: bytes, envelope: Envelope) -> bool:
         """Whether ``envelope`` was dispatched already; else note that it is now.
 
-        On every event's path, so cheap: stream ids are compared only just after a
-        catch-up, while live events may still repeat what it delivered.
+        A bus publishes its events in the order of their sequence numbers (see
+        ``Bus._publish``), and a channel's history holds them in that order too, so
+        per channel and sending bus an event is new only if its number is higher than
+        the last one dispatched: a dict look-up, on every event's path.
         """
-        identity = (envelope.token, envelope.seq)
-        if identity in self._recent or identity in self._older:
+        senders = self._last_seq.get(channel_key)
+        if senders is None:
+            senders = self._last_seq[channel_key] = {}
+        token, seq = envelope.token, envelope.seq
+        if seq <= senders.get(token, 0):
             return True
-        recent = self._recent
-        recent.add(identity)
-        if len(recent) >= DEDUPLICATION_WINDOW:
-            self._older, self._recent = recent, set()
-        stream_id = envelope.stream_id
-        if stream_id is not None:
-            if self._overlap and self._caught_up_before(channel_key, stream_id):
-                return True
-            self._seen[channel_key] = stream_id
-        return False
-
-    def _caught_up_before(self, channel_key: bytes, stream_id: str) -> bool:
-        """Whether a catch-up delivered ``stream_id`` already; the first live event past
-        what it delivered ends the comparisons."""
-        reached = self._overlap.get(channel_key)
-        if reached is None:
-            return False
-        position = _parse_or_none(stream_id)
-        if position is not None and position <= reached:
-            return True
-        del self._overlap[channel_key]
+        senders[token] = seq
+        if len(senders) > MAX_SENDERS:  # forget the senders seen first: long gone, mostly
+            for old in list(senders)[: MAX_SENDERS // 2]:
+                del senders[old]
+        if envelope.stream_id is not None:
+            self._seen[channel_key] = envelope.stream_id
         return False
 
     def _position(self, channel_key: bytes) -> StreamId:
@@ -180,7 +167,6 @@ class Recovery:
                 return
             try:
                 yield from self._after(channel, stream, position)
-                self._overlap[channel_key] = self._position(channel_key)
                 return
             except _NETWORK_ERRORS as exc:
                 self._log.warning(

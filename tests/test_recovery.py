@@ -6,6 +6,7 @@ Every test numbers what it sends and checks what was seen against it (a Ledger).
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -272,6 +273,38 @@ def test_an_event_published_twice_is_delivered_once(
     ledger.check_exactly_once_in_order(2)
     assert raw.xlen(stream) == 3
     assert receiver_bus.stats()["duplicates"] == 1
+
+
+def test_events_sent_from_many_threads_are_all_delivered_once(
+    make_bus: Callable[..., Bus],
+) -> None:
+    """A bus numbers and queues each event in one step, so no thread's event can follow
+    a higher number from another thread and be taken for a second copy."""
+    sender_bus, receiver_bus = make_bus(), make_bus()
+    ledger = Ledger()
+    listen(receiver_bus, ledger)
+    signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+    threads, per_thread = 8, 500
+
+    def sender(first: int) -> None:
+        for n in range(first, first + per_thread):
+            signal.send("web", n=n)
+
+    workers = [threading.Thread(target=sender, args=(t * per_thread,)) for t in range(threads)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two steps of send()
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert sender_bus.flush(20)
+    total = threads * per_thread
+    ledger.wait(total)
+    assert sorted(ledger.seen) == list(range(total)), ledger.report(total)
+    assert receiver_bus.stats()["duplicates"] == 0
 
 
 def test_a_receiver_bus_without_history_neither_recovers_nor_reports(
