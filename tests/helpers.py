@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-import itertools
 import json
 import pathlib
 import subprocess
@@ -102,38 +100,3 @@ class Child:
         for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
-
-
-class Ledger:
-    """A checker in the manner of Jepsen: numbered events sent, against those seen.
-
-    Connect :meth:`receiver`; it records each event's ``n`` and whether it was replayed.
-    """
-
-    def __init__(self) -> None:
-        self.seen: list[int] = []
-        self._lock = threading.Lock()
-
-    def receiver(self, sender: Any, **kwargs: Any) -> None:
-        with self._lock:
-            self.seen.append(kwargs["n"])
-
-    def wait(self, count: int, timeout: float = 20.0) -> None:
-        """Wait until ``count`` events were seen (or fail, saying what is missing)."""
-        try:
-            wait_for(lambda: len(self.seen) >= count, timeout)
-        except AssertionError:
-            raise AssertionError(self.report(count)) from None
-
-    def report(self, sent: int) -> str:
-        seen = list(self.seen)
-        missing = sorted(set(range(sent)) - set(seen))
-        repeated = sorted(n for n, times in collections.Counter(seen).items() if times > 1)
-        disorder = [(a, b) for a, b in itertools.pairwise(seen) if b <= a]
-        return (
-            f"sent {sent}, seen {len(seen)}: missing {missing[:20]} ({len(missing)}), "
-            f"repeated {repeated[:20]} ({len(repeated)}), out of order {disorder[:5]}"
-        )
-
-    def check_exactly_once_in_order(self, sent: int) -> None:
-        assert self.seen == list(range(sent)), self.report(sent)

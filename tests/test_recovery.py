@@ -16,9 +16,9 @@ import redis
 
 from signalbus import Bus, Namespace, Signal, history_gap
 from signalbus.history import PUBLISH_SCRIPT
-from signalbus.testing import Proxy, RedisServer
+from signalbus.testing import Ledger, Proxy, RedisServer
 
-from .helpers import Ledger, wait_for
+from .helpers import wait_for
 
 CHANNEL = "auth.logged-in"
 
