@@ -149,6 +149,7 @@ def test_redis_restarted_with_persistence_loses_nothing(
         server.stop()  # SIGKILL: a crash; every write was fsynced
         for n in range(100, 200):  # queued while Redis is down
             signal.send("web", n=n)
+        wait_for(lambda: sender_bus.stats()["publish_retries"] >= 2)  # down, and found so
         server.start()
         assert sender_bus.flush(20)
         send(sender_bus, signal, range(200, 300))
