@@ -17,6 +17,7 @@ from .errors import (
     TransportError,
 )
 from .event import Event, current_event
+from .groups import Group
 from .history import History
 from .recovery import history_gap
 from .replay import ReplayReport
@@ -29,6 +30,7 @@ __all__ = [
     "DecodingError",
     "EncodingError",
     "Event",
+    "Group",
     "History",
     "MessageTooLargeError",
     "Namespace",

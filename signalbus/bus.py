@@ -8,28 +8,38 @@ keeps the receivers it inherited, and does not publish what its parent had queue
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import os
 import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from .codec import TOKEN_SIZE, Codec, event_id
+from .codec import TOKEN_SIZE, Codec, Envelope, event_id
 from .errors import ConfigurationError
-from .event import Event
+from .event import Event, _current
+from .groups import (
+    DeadLetter,
+    Group,
+    GroupConsumer,
+    dead_letter_key,
+    dead_letters,
+    requeue,
+    retry_key,
+)
 from .history import HistoryOption, Keep, TimeBound, keep_for, resolve
 from .history import read as read_history
 from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .recovery import Recovery
 from .replay import ReplayReport, replay
 from .stats import Stats, ThrottledLog, logger
-from .subscriber import Dispatcher, Subscriber
+from .subscriber import Dispatcher, Subscriber, call
 from .transport import PublishConnection, SubscribeConnection, client_from_url, command_client
 
 if TYPE_CHECKING:
@@ -117,6 +127,9 @@ class Bus:
         # Signals with receivers, by channel key; replaced, never mutated, so the reader
         # and dispatcher threads read it without a lock.
         self._signals: dict[bytes, tuple[Signal, ...]] = {}
+        # Signals with group receivers: group -> stream key -> signals; replaced, not mutated.
+        self._groups: dict[str, Group] = {}
+        self._group_signals: dict[str, dict[bytes, tuple[Signal, ...]]] = {}
         self._keys: dict[str, bytes] = {}
         self._closed = False
         self._start_process_life()
@@ -131,17 +144,18 @@ class Bus:
         self._seq = itertools.count(1)
         self._numbering = threading.Lock()
         self._stats = Stats()
-        log = ThrottledLog()
+        log = self._log = ThrottledLog()
         self._publisher = Publisher(
             PublishConnection(self.client),
             stats=self._stats,
             log=log,
             **self._publisher_options,
         )
-        stopping = threading.Event()
-        self._recovery_client = command_client(self.client)
+        stopping = self._stopping = threading.Event()
+        self._commands = command_client(self.client)  # recovery and groups
+        self._consumers: dict[str, GroupConsumer] = {}
         recovery = Recovery(
-            self._recovery_client,
+            self._commands,
             self.codec,
             self._stream_for,
             self._token,
@@ -311,7 +325,9 @@ class Bus:
         self._publisher.close(timeout)
         # The reader notices the stop within its poll interval, whatever the flush took.
         self._subscriber.close(1.0)
-        self._recovery_client.close()
+        for consumer in list(self._consumers.values()):
+            consumer.join(1.0)
+        self._commands.close()
         if _default is self:
             _default = None
         _live_buses.discard(self)
@@ -362,11 +378,99 @@ class Bus:
                 self._signals.pop(key, None)
             return bool(listening)
 
+    # -- groups --------------------------------------------------------------------
+
+    def _join(self, signal: Signal, group: Group) -> None:
+        """Let this process handle ``group``'s share of ``signal``'s events."""
+        known = self._groups.get(group.name)
+        if known is not None and known != group:
+            raise ConfigurationError(
+                f"group {group.name!r} is already set up in this process as {known}; "
+                "give every receiver of a group the same options"
+            )
+        streams = (
+            self._kept(signal).stream_key,
+            retry_key(self.prefix, signal.channel, group.name),
+        )
+        if self._closed:
+            return
+        with self._lock:
+            self._groups[group.name] = group
+            by_stream = dict(self._group_signals.get(group.name, {}))
+            for stream in streams:
+                if signal not in by_stream.get(stream, ()):
+                    by_stream[stream] = (*by_stream.get(stream, ()), signal)
+            self._group_signals = {**self._group_signals, group.name: by_stream}
+        consumer = self._consumer(group)
+        dead = dead_letter_key(self.prefix, signal.channel, group.name)
+        consumer.prepare(dict.fromkeys(streams, dead))
+        consumer.start()
+
+    def _consumer(self, group: Group) -> GroupConsumer:
+        with self._lock:
+            consumer = self._consumers.get(group.name)
+            if consumer is None:
+                consumer = self._consumers[group.name] = GroupConsumer(
+                    self._commands,
+                    self.codec,
+                    group,
+                    f"{self.origin}:{self._token_hex}",
+                    lambda: self._group_streams(group.name),
+                    functools.partial(self._handle_for_group, group.name),
+                    stats=self._stats,
+                    log=self._log,
+                    stopping=self._stopping,
+                )
+            return consumer
+
+    def _group_streams(self, name: str) -> dict[bytes, bytes]:
+        """The streams ``name`` reads in this process, each with its dead-letter stream."""
+        return {
+            stream: dead_letter_key(self.prefix, signals[0].channel, name)
+            for stream, signals in self._group_signals.get(name, {}).items()
+            if any(signal.has_group_receivers(name) for signal in signals)
+        }
+
+    def _handle_for_group(
+        self, name: str, stream: bytes, envelope: Envelope, entry_id: str, attempt: int
+    ) -> None:
+        """Run ``name``'s receivers for one event; what they raise is the event's failure."""
+        signals = self._group_signals.get(name, {}).get(stream, ())
+        event = Event(
+            envelope.id,
+            envelope.channel,
+            envelope.origin,
+            envelope.timestamp,
+            envelope.token != self._token,
+            stream_id=entry_id,
+            group=name,
+            attempt=attempt,
+        )
+        token = _current.set(event)
+        try:
+            for signal in signals:
+                if signal.channel == envelope.channel:
+                    for receiver in signal.group_receivers_for(name, envelope.sender):
+                        call(receiver, envelope.sender, envelope.kwargs)
+        finally:
+            _current.reset(token)
+
+    def _dead_letters(self, signal: Signal, group: str) -> Iterator[DeadLetter]:
+        dead = dead_letter_key(self.prefix, signal.channel, group)
+        return dead_letters(self.client, self.codec, signal.channel, dead, self._token)
+
+    def _requeue(self, signal: Signal, group: str, ids: Collection[str] | None) -> int:
+        dead = dead_letter_key(self.prefix, signal.channel, group)
+        return requeue(self.client, dead, retry_key(self.prefix, signal.channel, group), ids)
+
     def _after_fork_in_child(self) -> None:
         self._start_process_life()
         wanted = [key for key in self._signals if self._is_wanted(key)]
         if wanted and not self._closed:
             self._subscriber.subscribe(wanted, timeout=0)
+        if not self._closed:
+            for group in list(self._groups.values()):
+                self._consumer(group).start()
 
 
 def _url_of(client: redis.Redis | None) -> str | None:
@@ -414,7 +518,11 @@ def configure(url: str | None = None, **options: Any) -> Bus:
     previous, _default = _default, bus
     if previous is not None:
         previous.close()
-    bus._watch([signal for signal in list(_unbound) if signal.receivers])
+    unbound = list(_unbound)
+    bus._watch([signal for signal in unbound if signal.receivers])
+    for signal in unbound:
+        for group in signal.groups():
+            bus._join(signal, group)
     return bus
 
 

@@ -32,6 +32,10 @@ class Event(NamedTuple):
     """The arguments, on events read from history."""
     stream_id: str | None = None
     """The entry id in the signal's history stream, for a signal with history."""
+    group: str | None = None
+    """The group handling the event, in a receiver connected with ``group=``."""
+    attempt: int = 1
+    """Which try this is, for a group receiver (an event is retried until acknowledged)."""
 
     @property
     def sent_at(self) -> datetime.datetime:

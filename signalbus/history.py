@@ -154,17 +154,21 @@ def check_limit(limit: int | None, channel: str) -> None:
         raise ArgumentError(f"signal {channel!r}: limit must be a positive int")
 
 
+Fields = dict[bytes, bytes]
+
+
 def entries(
     client: redis.Redis, key: bytes, start: str, end: str = "+", limit: int | None = None
-) -> Iterator[tuple[str, bytes]]:
+) -> Iterator[tuple[str, Fields]]:
     """The entries of stream ``key`` from ``start`` to ``end``, oldest first, read in
-    pages: ``(entry id, envelope)``. Ids are inclusive; ``"(" + id`` excludes one."""
+    pages: ``(entry id, fields)``, the event in field ``e``. Ids are inclusive;
+    ``"(" + id`` excludes one."""
     left = limit
     while left is None or left > 0:
         page = min(left or _PAGE, _PAGE)
-        found = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key, start, end, page))
+        found = cast(list[tuple[bytes, Fields]], client.xrange(key, start, end, page))
         for entry_id, fields in found:
-            yield entry_id.decode(), fields.get(b"e", b"")
+            yield entry_id.decode(), fields
         if len(found) < page:
             return
         if left is not None:
@@ -197,12 +201,13 @@ def read(
 def decoded(
     codec: Codec,
     channel: str,
-    found: Iterable[tuple[str, bytes]],
+    found: Iterable[tuple[str, Fields]],
     on_skip: Callable[[], object] = lambda: None,
-) -> Iterator[tuple[Envelope, bytes]]:
-    """The envelopes of ``found`` entries, with their ids, and their bytes; an entry
-    that is not an event is logged, passed to ``on_skip`` and skipped."""
-    for entry_id, data in found:
+) -> Iterator[tuple[Envelope, Fields]]:
+    """The envelopes of ``found`` entries, with their ids, and the entries' fields; an
+    entry that is not an event is logged, passed to ``on_skip`` and skipped."""
+    for entry_id, fields in found:
+        data = fields.get(b"e", b"")
         try:
             if not data.startswith(ENVELOPE_HEAD):  # as the publish script keeps events
                 raise DecodingError("not an event of eight fields")
@@ -211,7 +216,7 @@ def decoded(
             logger.warning("skipped history entry %s of %r: %s", entry_id, channel, exc)
             on_skip()
             continue
-        yield envelope._replace(stream_id=entry_id), data
+        yield envelope._replace(stream_id=entry_id), fields
 
 
 def as_event(envelope: Envelope, own_token: bytes) -> Event:

@@ -121,11 +121,11 @@ def replay(
 
     found = entries(client, stream_key, start, end, limit)
     try:
-        for envelope, data in decoded(codec, channel, found, skip):
+        for envelope, fields in decoded(codec, channel, found, skip):
             last = as_event(envelope, own_token)
             first = first or last
             if not dry_run:
-                publisher.publish(replay_message(data, envelope.stream_id or ""))
+                publisher.publish(replay_message(fields[b"e"], envelope.stream_id or ""))
             counts["events"] += 1
             if progress is not None:
                 progress(last)

@@ -18,6 +18,7 @@ from blinker import _utilities as blinker_utilities
 from . import bus as bus_module
 from .errors import ConfigurationError
 from .event import Event, _current
+from .groups import DeadLetter, Group, as_group
 from .history import HistoryOption, Keep, TimeBound
 from .replay import ReplayReport
 
@@ -69,6 +70,8 @@ class Signal(blinker.NamedSignal):
         # Where its events go on the bus that last sent it: channel key and history.
         self._route: tuple[bus_module.Bus, bytes, Keep | None] | None = None
         self._replay_averse: set[c.Hashable] = set()  # ids of receivers connected replays=False
+        # Group receivers live apart from blinker's, so local and pub/sub sends skip them.
+        self._groups: dict[str, tuple[Group, blinker.Signal]] = {}
         if bus is None:
             bus_module.track_unbound(self)
 
@@ -122,7 +125,13 @@ class Signal(blinker.NamedSignal):
         return bus
 
     def connect(
-        self, receiver: F, sender: t.Any = blinker.ANY, weak: bool = True, *, replays: bool = True
+        self,
+        receiver: F,
+        sender: t.Any = blinker.ANY,
+        weak: bool = True,
+        *,
+        replays: bool = True,
+        group: Group | str | None = None,
     ) -> F:
         """As blinker; also subscribes this process to the channel.
 
@@ -130,7 +139,13 @@ class Signal(blinker.NamedSignal):
         ``subscribe_timeout`` passed, which is logged), so an event another process
         sends right after is not missed. With ``replays=False`` the receiver never
         gets replayed events.
+
+        With ``group`` (a name, or a :class:`~signalbus.Group`) the receiver is not a
+        broadcast receiver: each event is handled by one process of the group, at
+        least once (see :mod:`signalbus.groups`); the signal must keep history.
         """
+        if group is not None:
+            return self._connect_to_group(receiver, sender, weak, as_group(group))
         super().connect(receiver, sender, weak)
         receiver_id = blinker_utilities.make_id(receiver)
         if replays:
@@ -142,27 +157,80 @@ class Signal(blinker.NamedSignal):
             bus._watch([self])
         return receiver
 
+    def _connect_to_group(self, receiver: F, sender: t.Any, weak: bool, group: Group) -> F:
+        known = self._groups.get(group.name)
+        if known is not None and known[0] != group:
+            raise ConfigurationError(
+                f"signal {self.channel!r}: group {group.name!r} is already connected as "
+                f"{known[0]}; give every receiver of a group the same options"
+            )
+        bus = self.bus
+        if bus is not None:
+            bus._join(self, group)  # raises first if the signal keeps no history
+        receivers = known[1] if known else blinker.Signal()
+        self._groups[group.name] = (group, receivers)
+        receivers.connect(receiver, sender, weak)
+        return receiver
+
     def connect_via(
-        self, sender: t.Any, weak: bool = False, *, replays: bool = True
+        self,
+        sender: t.Any,
+        weak: bool = False,
+        *,
+        replays: bool = True,
+        group: Group | str | None = None,
     ) -> c.Callable[[F], F]:
-        """As blinker, with :meth:`connect`'s ``replays``."""
+        """As blinker, with :meth:`connect`'s ``replays`` and ``group``."""
 
         def decorator(receiver: F) -> F:
-            self.connect(receiver, sender, weak, replays=replays)
+            self.connect(receiver, sender, weak, replays=replays, group=group)
             return receiver
 
         return decorator
 
     @contextlib.contextmanager
     def connected_to(
-        self, receiver: c.Callable[..., t.Any], sender: t.Any = blinker.ANY, *, replays: bool = True
+        self,
+        receiver: c.Callable[..., t.Any],
+        sender: t.Any = blinker.ANY,
+        *,
+        replays: bool = True,
+        group: Group | str | None = None,
     ) -> c.Generator[None, None, None]:
-        """As blinker, with :meth:`connect`'s ``replays``."""
-        self.connect(receiver, sender, weak=False, replays=replays)
+        """As blinker, with :meth:`connect`'s ``replays`` and ``group``."""
+        self.connect(receiver, sender, weak=False, replays=replays, group=group)
         try:
             yield None
         finally:
             self.disconnect(receiver)
+
+    def disconnect(self, receiver: c.Callable[..., t.Any], sender: t.Any = blinker.ANY) -> None:
+        """As blinker; also disconnects ``receiver`` from every group it is in."""
+        for _, receivers in self._groups.values():
+            receivers.disconnect(receiver, sender)
+        super().disconnect(receiver, sender)
+
+    def dead_letters(self, group: str) -> c.Iterator[DeadLetter]:
+        """The events ``group`` gave up on, oldest first, with the error and attempts."""
+        return self._bus_or_raise()._dead_letters(self, group)
+
+    def requeue(self, group: str, ids: c.Collection[str] | None = None) -> int:
+        """Give dead letters (``ids``, default all) to ``group`` again, to that group
+        alone; returns how many. Each gets a fresh set of attempts."""
+        return self._bus_or_raise()._requeue(self, group, ids)
+
+    def groups(self) -> list[Group]:
+        """The groups this signal has receivers in, in this process."""
+        return [group for group, receivers in self._groups.values() if receivers.receivers]
+
+    def has_group_receivers(self, name: str) -> bool:
+        known = self._groups.get(name)
+        return known is not None and bool(known[1].receivers)
+
+    def group_receivers_for(self, name: str, sender: t.Any) -> c.Iterator[c.Callable[..., t.Any]]:
+        """The receivers of group ``name`` that take events of ``sender``."""
+        known = self._groups.get(name)
+        return iter(()) if known is None else known[1].receivers_for(sender)
 
     def takes_replays(self, receiver: c.Callable[..., t.Any]) -> bool:
         """Whether ``receiver`` gets replayed events (see :meth:`connect`)."""

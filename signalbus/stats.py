@@ -44,6 +44,12 @@ class Stats:
     """Second copies of events already dispatched, dropped."""
     gaps: int = 0
     """Times events of a channel may have been lost: history no longer reached back."""
+    group_handled: int = 0
+    """Events this process handled, and acknowledged, for its groups."""
+    group_failures: int = 0
+    """Tries of a group event that raised (it is tried again, or goes to dead letters)."""
+    dead_lettered: int = 0
+    """Group events this process moved to dead letters."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

@@ -38,7 +38,7 @@ from .transport import SubscribeConnection
 if TYPE_CHECKING:
     from .signals import Signal
 
-__all__ = ["Dispatcher", "Subscriber"]
+__all__ = ["Dispatcher", "Subscriber", "call"]
 
 logger = logging.getLogger("signalbus")
 
@@ -292,6 +292,13 @@ class Subscriber:
                     logger.exception("signalbus dispatcher: unexpected error; going on")
 
 
+def call(receiver: Callable[..., Any], sender: Any, kwargs: dict[str, Any]) -> None:
+    """Run ``receiver`` for an event from elsewhere; a coroutine receiver is run to the end."""
+    result = receiver(sender, **kwargs)
+    if inspect.iscoroutine(result):
+        asyncio.run(result)
+
+
 class Dispatcher:
     """Turns a message into receiver calls, for one bus."""
 
@@ -363,9 +370,7 @@ class Dispatcher:
             if envelope.replayed and not signal.takes_replays(receiver):
                 continue
             try:
-                result: Any = receiver(sender, **kwargs)
-                if inspect.iscoroutine(result):
-                    asyncio.run(result)
+                call(receiver, sender, kwargs)
             except Exception:
                 self._stats.add("receiver_errors")
                 self._log.warning(

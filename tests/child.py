@@ -2,14 +2,18 @@
 
 ``listen``: connect a receiver, print READY, then print one JSON line per event and
 exit after N events. ``send``: send N numbered events and exit without calling
-flush() or close(), so interpreter exit must publish them.
+flush() or close(), so interpreter exit must publish them. ``group``: connect a
+receiver in group ``--group`` (taking ``--work`` seconds per event, or always raising
+with ``--fail``), print READY, then one JSON line per event handled, until stdin closes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 from typing import Any
 
 import signalbus
@@ -38,6 +42,25 @@ def listen(count: int) -> None:
         sys.exit(1)
 
 
+def group(name: str, work: float, fail: bool, claim_idle: float) -> None:
+    pause = threading.Event()
+
+    def handle(sender: Any, **kwargs: Any) -> None:
+        event = signalbus.current_event()
+        assert event is not None
+        if fail:
+            raise RuntimeError(f"cannot handle {kwargs['n']}")
+        pause.wait(work)  # the work a real receiver does
+        line = {"n": kwargs["n"], "pid": os.getpid(), "attempt": event.attempt}
+        print(json.dumps(line), flush=True)
+
+    group_options = signalbus.Group(name, claim_idle=claim_idle, retry_backoff=0.1, max_attempts=3)
+    logged_in.connect(handle, group=group_options)
+    print("READY", flush=True)
+    for line in sys.stdin:
+        del line
+
+
 def send(count: int) -> None:
     for n in range(count):
         logged_in.send("child", n=n)
@@ -45,14 +68,21 @@ def send(count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["listen", "send"])
+    parser.add_argument("role", choices=["listen", "send", "group"])
     parser.add_argument("url")
     parser.add_argument("prefix")
     parser.add_argument("count", type=int)
     parser.add_argument("--close-timeout", type=float, default=5.0)
+    parser.add_argument("--group", default="mailer")
+    parser.add_argument("--work", type=float, default=0.0)
+    parser.add_argument("--fail", action="store_true")
+    parser.add_argument("--claim-idle", type=float, default=30.0)
     args = parser.parse_args()
     signalbus.configure(args.url, prefix=args.prefix, close_timeout=args.close_timeout)
-    {"listen": listen, "send": send}[args.role](args.count)
+    if args.role == "group":
+        group(args.group, args.work, args.fail, args.claim_idle)
+    else:
+        {"listen": listen, "send": send}[args.role](args.count)
 
 
 if __name__ == "__main__":

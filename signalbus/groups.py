@@ -1,0 +1,365 @@
+"""Groups: each event of a signal handled by one process of a group, at least once.
+
+A receiver connected with ``group="mailer"`` is not a broadcast receiver: it runs in
+exactly one of the processes that connected receivers in that group, on events read
+from the signal's history stream through a Redis Streams consumer group of that name.
+An event is acknowledged only once every group receiver of that process returned. If
+one raises, the event stays pending and is tried again after a backoff (doubling per
+attempt); after ``max_attempts`` it moves to a dead-letter stream, with the error and
+the number of attempts. An event left unacknowledged by another process for
+``claim_idle`` seconds (the process died, most likely) is claimed by a live one.
+Delivery is at least once: inside a receiver ``current_event()`` gives the event id
+and the attempt, so receivers can be idempotent.
+
+Each bus runs one thread per group name it has receivers in. Besides the signal's
+stream, a group reads a stream of its own, where events given to that group alone
+again arrive: requeued dead letters, and replays into one group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from typing import Any, Literal, NamedTuple, cast
+
+import redis
+
+from .codec import Codec, Envelope
+from .errors import ConfigurationError, DecodingError
+from .event import Event
+from .history import as_event, decoded, entries
+from .stats import Stats, ThrottledLog, logger
+
+__all__ = ["DeadLetter", "Group", "GroupConsumer", "dead_letter_key", "retry_key"]
+
+_NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+_BLOCK_MS = 500
+_BATCH = 100
+_MAX_BACKOFF = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A group of processes that share a signal's events, each handled by one of them.
+
+    ``start``: where a group that does not exist yet begins, ``"now"`` (the default)
+    or ``"beginning"`` (everything the history still holds). ``max_attempts``: tries
+    before an event goes to dead letters. ``retry_backoff``: seconds before the second
+    try, doubling for each one after. ``claim_idle``: seconds an event may stay
+    unacknowledged with another process before a live one takes it over.
+    """
+
+    name: str
+    start: Literal["now", "beginning"] = "now"
+    max_attempts: int = 5
+    retry_backoff: float = 1.0
+    claim_idle: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigurationError(f"a group's name must be a non-empty str, not {self.name!r}")
+        if self.start not in ("now", "beginning"):
+            raise ConfigurationError(f"group {self.name!r}: start must be 'now' or 'beginning'")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ConfigurationError(f"group {self.name!r}: max_attempts must be an int")
+        if self.max_attempts < 1:
+            raise ConfigurationError(f"group {self.name!r}: max_attempts must be at least 1")
+        for option in ("retry_backoff", "claim_idle"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(
+                    f"group {self.name!r}: {option} must be a positive number of seconds"
+                )
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed try."""
+        return float(self.retry_backoff * 2 ** (attempts - 1))
+
+
+def as_group(group: Group | str) -> Group:
+    return group if isinstance(group, Group) else Group(group)
+
+
+def dead_letter_key(prefix: str, channel: str, group: str) -> bytes:
+    """The stream where a group's failed events of ``channel`` end up."""
+    return f"{prefix}signalbus:dead:{channel}:{group}".encode()
+
+
+def retry_key(prefix: str, channel: str, group: str) -> bytes:
+    """The stream of events given to one group again (requeued dead letters, replays)."""
+    return f"{prefix}signalbus:retry:{channel}:{group}".encode()
+
+
+Handler = Callable[[bytes, Envelope, str, int], None]
+"""Runs a group's receivers for one event: stream key, envelope, entry id, attempt."""
+
+
+class GroupConsumer:
+    """The thread of one group in one bus: reads, runs, acknowledges, retries, claims."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        codec: Codec,
+        group: Group,
+        consumer: str,
+        streams: Callable[[], dict[bytes, bytes]],
+        handle: Handler,
+        *,
+        stats: Stats,
+        log: ThrottledLog,
+        stopping: threading.Event,
+    ) -> None:
+        self.group = group
+        self._client = client
+        self._codec = codec
+        self._consumer = consumer
+        self._streams = streams  # stream key -> its dead-letter stream key
+        self._handle = handle
+        self._stats = stats
+        self._log = log
+        self._stopping = stopping
+        self._created: set[bytes] = set()
+        self._errors: dict[tuple[bytes, str], str] = {}  # the last error, per failed entry
+        self._next_pending_check = 0.0
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name=f"signalbus-group-{self.group.name}", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stopping.is_set():
+            try:
+                streams = self._streams()
+                if not streams:
+                    self._wake.wait(_BLOCK_MS / 1000)
+                    self._wake.clear()
+                    continue
+                self._create_missing(streams)
+                if time.monotonic() >= self._next_pending_check:
+                    self._retry_and_claim(streams)
+                self._read_new(streams)
+                backoff = 0.05
+            except _NETWORK_ERRORS as exc:
+                self._log.warning(
+                    f"group:{self.group.name}",
+                    "group %r cannot reach Redis: %s",
+                    self.group.name,
+                    exc,
+                )
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except Exception:
+                logger.exception("signalbus group %r: unexpected error; going on", self.group.name)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def prepare(self, streams: dict[bytes, bytes]) -> None:
+        """Create the group on ``streams`` now, so that ``connect()`` returns with it in
+        place; if Redis cannot be reached, the thread creates it later."""
+        try:
+            self._create_missing(streams)
+        except _NETWORK_ERRORS as exc:
+            self._log.warning(
+                f"group:{self.group.name}", "group %r cannot reach Redis: %s", self.group.name, exc
+            )
+
+    def _create_missing(self, streams: dict[bytes, bytes]) -> None:
+        for stream in streams.keys() - self._created:
+            self._create(stream, "$" if self.group.start == "now" else "0")
+
+    def _create(self, stream: bytes, start: str) -> None:
+        try:
+            self._client.xgroup_create(stream, self.group.name, id=start, mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._created.add(stream)
+
+    def _read_new(self, streams: dict[bytes, bytes]) -> None:
+        try:
+            replies = self._client.xreadgroup(
+                self.group.name,
+                self._consumer,
+                {stream: ">" for stream in streams},
+                count=_BATCH,
+                block=_BLOCK_MS,
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream or the group went away (a restart without persistence, say):
+            # create it again from the start of what the stream holds now.
+            for stream in streams:
+                self._create(stream, "0")
+            return
+        for stream, found in cast(list[tuple[bytes, list[Any]]], replies or []):
+            for entry_id, fields in found:
+                self._process(stream, streams, entry_id.decode(), fields, attempt=1)
+
+    def _retry_and_claim(self, streams: dict[bytes, bytes]) -> None:
+        """Try again what failed here and is due, take over what another process left."""
+        group = self.group
+        soonest = min(group.retry_backoff, group.claim_idle)
+        self._next_pending_check = time.monotonic() + soonest / 2
+        for stream in streams:
+            pending = self._client.xpending_range(
+                stream, group.name, "-", "+", _BATCH, idle=int(soonest * 1000)
+            )
+            for entry in cast(list[dict[str, Any]], pending):
+                attempts = int(entry["times_delivered"])
+                mine = entry["consumer"].decode() == self._consumer
+                due = group.backoff(attempts) if mine else group.claim_idle
+                if int(entry["time_since_delivered"]) >= due * 1000:
+                    self._claim(stream, streams, entry["message_id"].decode(), due, attempts)
+
+    def _claim(
+        self, stream: bytes, streams: dict[bytes, bytes], entry_id: str, due: float, attempts: int
+    ) -> None:
+        """Take ``entry_id`` over (unless another process just did) and try it again, or
+        move it to dead letters when it had all its tries."""
+        claimed = self._client.xclaim(
+            stream, self.group.name, self._consumer, int(due * 1000), [entry_id]
+        )
+        for _, fields in cast(list[tuple[bytes, Any]], claimed):
+            if attempts >= self.group.max_attempts:
+                self._dead_letter(stream, streams[stream], entry_id, fields, attempts)
+            else:
+                self._process(stream, streams, entry_id, fields, attempts + 1)
+
+    def _process(
+        self,
+        stream: bytes,
+        streams: dict[bytes, bytes],
+        entry_id: str,
+        fields: dict[bytes, bytes] | None,
+        attempt: int,
+    ) -> None:
+        data = (fields or {}).get(b"e", b"")
+        try:
+            envelope = self._codec.decode(data)._replace(stream_id=entry_id)
+        except DecodingError as exc:
+            # Never handled by anyone: straight to dead letters, with the reason.
+            self._errors[(stream, entry_id)] = f"not a valid event: {exc}"
+            self._stats.add("invalid")
+            self._dead_letter(stream, streams[stream], entry_id, fields, attempt)
+            return
+        try:
+            self._handle(stream, envelope, entry_id, attempt)
+        except Exception as exc:
+            self._errors[(stream, entry_id)] = f"{type(exc).__name__}: {exc}"
+            self._stats.add("group_failures")
+            self._log.warning(
+                f"group-failure:{self.group.name}",
+                "group %r: event %s of %r failed on attempt %d of %d: %r",
+                self.group.name,
+                envelope.id,
+                envelope.channel,
+                attempt,
+                self.group.max_attempts,
+                exc,
+                exc_info=True,
+            )
+            return
+        self._client.xack(stream, self.group.name, entry_id)
+        self._errors.pop((stream, entry_id), None)
+        self._stats.group_handled += 1
+
+    def _dead_letter(
+        self,
+        stream: bytes,
+        dead: bytes,
+        entry_id: str,
+        fields: dict[bytes, bytes] | None,
+        attempts: int,
+    ) -> None:
+        error = self._errors.pop(
+            (stream, entry_id),
+            f"delivered {attempts} times, never acknowledged (the process handling it died?)",
+        )
+        pipeline = self._client.pipeline(transaction=True)
+        pipeline.xadd(
+            dead,
+            {
+                "e": (fields or {}).get(b"e", b""),
+                "entry": entry_id,
+                "group": self.group.name,
+                "error": error,
+                "attempts": attempts,
+                "consumer": self._consumer,
+                "failed_at": f"{time.time():.3f}",
+            },
+        )
+        pipeline.xack(stream, self.group.name, entry_id)
+        pipeline.execute()
+        self._stats.add("dead_lettered")
+        self._log.warning(
+            f"dead-letter:{self.group.name}",
+            "group %r: entry %s of %r moved to dead letters after %d attempts: %s",
+            self.group.name,
+            entry_id,
+            stream.decode(errors="replace"),
+            attempts,
+            error,
+        )
+
+
+class DeadLetter(NamedTuple):
+    """An event a group gave up on, as kept in its dead-letter stream."""
+
+    id: str
+    """Its entry id in the dead-letter stream."""
+    event: Event
+    """The event; ``event.stream_id`` is where the signal's stream held it."""
+    error: str
+    attempts: int
+    failed_at: float
+    consumer: str
+    """The process (``host:pid:bus``) that gave up on it."""
+
+
+def dead_letters(
+    client: redis.Redis, codec: Codec, channel: str, dead: bytes, own_token: bytes
+) -> Iterator[DeadLetter]:
+    """The dead letters kept in stream ``dead``, oldest first."""
+    for envelope, fields in decoded(codec, channel, entries(client, dead, "-")):
+        original = fields.get(b"entry", b"").decode()
+        yield DeadLetter(
+            envelope.stream_id or "",
+            as_event(envelope._replace(stream_id=original), own_token),
+            fields.get(b"error", b"").decode(errors="replace"),
+            int(fields.get(b"attempts", b"0") or 0),
+            float(fields.get(b"failed_at", b"0") or 0),
+            fields.get(b"consumer", b"").decode(errors="replace"),
+        )
+
+
+def requeue(client: redis.Redis, dead: bytes, retry: bytes, ids: Collection[str] | None) -> int:
+    """Give the dead letters ``ids`` (default: all) to their group again; how many."""
+    moved = 0
+    for entry_id, fields in list(entries(client, dead, "-")):
+        if ids is not None and entry_id not in ids:
+            continue
+        pipeline = client.pipeline(transaction=True)
+        pipeline.xadd(retry, {b"e": fields.get(b"e", b"")})
+        pipeline.xdel(dead, entry_id)
+        pipeline.execute()
+        moved += 1
+    return moved

@@ -1,0 +1,177 @@
+"""Groups against a real server and real processes: each event handled by one process of
+a group, at least once when a process dies, dead letters after the last attempt."""
+
+from __future__ import annotations
+
+import collections
+import signal as os_signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import signalbus
+from signalbus import Bus, ConfigurationError, Group, Namespace, Signal
+
+from .helpers import Child, wait_for
+
+CHANNEL = "auth.logged-in"
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    started: list[Child] = []
+    yield started
+    for child in started:
+        child.kill()
+
+
+def start(children: list[Child], *args: str) -> Child:
+    child = Child(*args)
+    children.append(child)
+    child.wait_ready()
+    return child
+
+
+def handled(*processes: Child) -> list[int]:
+    return [line["n"] for child in processes for line in child.events()]
+
+
+def send(bus: Bus, count: int, first: int = 0) -> Signal:
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    for n in range(first, first + count):
+        signal.send("web", n=n)
+    assert bus.flush(20)
+    return signal
+
+
+def test_three_processes_in_a_group_handle_each_event_once_and_broadcast_gets_all(
+    make_bus: Callable[..., Bus], redis_url: str, prefix: str, children: list[Child]
+) -> None:
+    members = [start(children, "group", redis_url, prefix, "0") for _ in range(3)]
+    broadcast = start(children, "listen", redis_url, prefix, "1000")
+    send(make_bus(), 1000)
+    wait_for(lambda: len(handled(*members)) >= 1000 and len(broadcast.events()) >= 1000, 30)
+    counts = collections.Counter(handled(*members))
+    assert sorted(counts) == list(range(1000))
+    assert set(counts.values()) == {1}
+    assert sorted(event["kwargs"]["n"] for event in broadcast.events()) == list(range(1000))
+    assert all(line["attempt"] == 1 for child in members for line in child.events())
+    assert broadcast.finish() == 0
+
+
+def test_a_member_killed_mid_work_loses_nothing(
+    make_bus: Callable[..., Bus], redis_url: str, prefix: str, children: list[Child]
+) -> None:
+    options = ("--work", "0.005", "--claim-idle", "1")
+    members = [start(children, "group", redis_url, prefix, "0", *options) for _ in range(3)]
+    send(make_bus(), 300)
+    victim = wait_for(lambda: next((m for m in members if len(m.events()) >= 10), None))
+    victim.process.send_signal(os_signal.SIGKILL)
+    victim.process.wait(10)
+    wait_for(lambda: set(handled(*members)) >= set(range(300)), 30)
+    counts = collections.Counter(handled(*members))
+    twice = sorted(n for n, times in counts.items() if times > 1)
+    print(f"killed one member of 3 after {len(victim.events())} events: {len(twice)} handled twice")
+    assert len(twice) <= 1  # at most the event the victim handled but had not acknowledged
+    claimed = [
+        line for m in members if m is not victim for line in m.events() if line["attempt"] > 1
+    ]
+    assert claimed, "the victim's unacknowledged events were claimed by the others"
+
+
+def test_a_receiver_that_always_raises_sends_the_event_to_dead_letters(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str
+) -> None:
+    bus = make_bus()
+    attempts: list[int] = []
+    recovered: list[int] = []
+    fail = threading.Event()
+    fail.set()
+
+    def flaky(sender: Any, **kwargs: Any) -> None:
+        event = signalbus.current_event()
+        assert event is not None and event.group == "mailer"
+        attempts.append(event.attempt)
+        if fail.is_set():
+            raise RuntimeError("the mail server is down")
+        recovered.append(kwargs["n"])
+
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    signal.connect(flaky, group=Group("mailer", max_attempts=3, retry_backoff=0.05))
+    send(make_bus(), 1)
+    wait_for(lambda: bus.stats()["dead_lettered"] == 1)
+    assert attempts == [1, 2, 3]
+    dead = raw.xrange(f"{prefix}signalbus:dead:{CHANNEL}:mailer")
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert fields[b"attempts"] == b"3"
+    assert fields[b"error"] == b"RuntimeError: the mail server is down"
+    assert bus.stats()["group_failures"] == 3
+    letters = list(signal.dead_letters("mailer"))
+    assert [(d.attempts, d.error, dict(d.event.kwargs or {})) for d in letters] == [
+        (3, "RuntimeError: the mail server is down", {"n": 0})
+    ]
+    fail.clear()
+    assert signal.requeue("mailer") == 1
+    wait_for(lambda: recovered == [0])
+    assert list(signal.dead_letters("mailer")) == []
+
+
+def test_two_groups_on_one_signal_are_independent(
+    make_bus: Callable[..., Bus], redis_url: str, prefix: str, children: list[Child]
+) -> None:
+    mailer = start(children, "group", redis_url, prefix, "0", "--group", "mailer")
+    audit = [start(children, "group", redis_url, prefix, "0", "--group", "audit") for _ in range(2)]
+    send(make_bus(), 200)
+    wait_for(lambda: len(handled(mailer)) >= 200 and len(handled(*audit)) >= 200, 30)
+    assert sorted(handled(mailer)) == list(range(200))
+    assert sorted(handled(*audit)) == list(range(200))
+
+
+def test_a_group_starts_from_now_unless_told_to_start_from_the_beginning(
+    make_bus: Callable[..., Bus],
+) -> None:
+    sender_bus = make_bus()
+    send(sender_bus, 3)
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    late: list[int] = []
+    everything: list[int] = []
+    signal.connect(lambda sender, **kw: late.append(kw["n"]), weak=False, group="late")
+    signal.connect(
+        lambda sender, **kw: everything.append(kw["n"]),
+        weak=False,
+        group=Group("replayers", start="beginning"),
+    )
+    send(sender_bus, 2, first=3)
+    wait_for(lambda: len(late) == 2 and len(everything) == 5)
+    assert late == [3, 4]
+    assert everything == [0, 1, 2, 3, 4]
+
+
+def test_group_receivers_are_not_broadcast_receivers(make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    in_group: list[int] = []
+    signal.connect(lambda sender, **kw: in_group.append(kw["n"]), weak=False, group="mailer")
+    assert not signal.receivers  # a local send does not run it in the sender's thread
+    assert signal.send("web", n=0) == []
+    wait_for(lambda: in_group == [0])  # but the group does, through the stream
+    assert signal.groups() == [Group("mailer")]
+
+
+def test_group_options_must_agree_and_need_history(make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    signal.connect(print, group=Group("mailer", max_attempts=3))
+    with pytest.raises(ConfigurationError, match="same options"):
+        signal.connect(repr, group=Group("mailer", max_attempts=4))
+    with pytest.raises(ConfigurationError, match="keeps no history"):
+        Namespace("auth", bus=bus).signal("other", history=False).connect(print, group="audit")
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        Group("mailer", max_attempts=0)
+    with pytest.raises(ConfigurationError, match="start"):
+        Group("mailer", start="yesterday")  # type: ignore[arg-type]
