@@ -28,16 +28,18 @@ from .groups import (
     DeadLetter,
     Group,
     GroupConsumer,
+    GroupStatus,
     dead_letter_key,
     dead_letters,
     requeue,
     retry_key,
 )
+from .groups import status as group_status
 from .history import HistoryOption, Keep, TimeBound, keep_for, resolve
 from .history import read as read_history
 from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .recovery import Recovery
-from .replay import ReplayReport, replay
+from .replay import ReplayReport, replay, to_group, to_subscribers
 from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber, call
 from .transport import PublishConnection, SubscribeConnection, client_from_url, command_client
@@ -281,12 +283,17 @@ class Bus:
         dry_run: bool,
         rate: float | None,
         progress: Callable[[Event], object] | None,
+        group: str | None,
     ) -> ReplayReport:
+        if group is None:
+            write = to_subscribers(self._key(signal.channel))
+        else:
+            write = to_group(retry_key(self.prefix, signal.channel, group))
         return replay(
             self.client,
             self.codec,
             signal,
-            channel_key=self._key(signal.channel),
+            write=write,
             stream_key=self._kept(signal).stream_key,
             own_token=self._token,
             since=since,
@@ -442,6 +449,7 @@ class Bus:
             envelope.origin,
             envelope.timestamp,
             envelope.token != self._token,
+            replayed=envelope.replayed,
             stream_id=entry_id,
             group=name,
             attempt=attempt,
@@ -458,6 +466,9 @@ class Bus:
     def _dead_letters(self, signal: Signal, group: str) -> Iterator[DeadLetter]:
         dead = dead_letter_key(self.prefix, signal.channel, group)
         return dead_letters(self.client, self.codec, signal.channel, dead, self._token)
+
+    def _group_status(self, signal: Signal) -> list[GroupStatus]:
+        return group_status(self.client, self.prefix, signal.channel, self._kept(signal).stream_key)
 
     def _requeue(self, signal: Signal, group: str, ids: Collection[str] | None) -> int:
         dead = dead_letter_key(self.prefix, signal.channel, group)

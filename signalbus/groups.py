@@ -32,7 +32,15 @@ from .event import Event
 from .history import as_event, decoded, entries
 from .stats import Stats, ThrottledLog, logger
 
-__all__ = ["DeadLetter", "Group", "GroupConsumer", "dead_letter_key", "retry_key"]
+__all__ = [
+    "DeadLetter",
+    "Group",
+    "GroupConsumer",
+    "GroupStatus",
+    "Member",
+    "dead_letter_key",
+    "retry_key",
+]
 
 _NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 _BLOCK_MS = 500
@@ -254,7 +262,9 @@ class GroupConsumer:
     ) -> None:
         data = (fields or {}).get(b"e", b"")
         try:
-            envelope = self._codec.decode(data)._replace(stream_id=entry_id)
+            envelope = self._codec.decode(data)._replace(
+                stream_id=entry_id, replayed=b"replayed" in (fields or {})
+            )
         except DecodingError as exc:
             # Never handled by anyone: straight to dead letters, with the reason.
             self._errors[(stream, entry_id)] = f"not a valid event: {exc}"
@@ -363,3 +373,61 @@ def requeue(client: redis.Redis, dead: bytes, retry: bytes, ids: Collection[str]
         pipeline.execute()
         moved += 1
     return moved
+
+
+class Member(NamedTuple):
+    """A process of a group, as Redis knows it."""
+
+    name: str
+    """``host:pid:bus`` of the process."""
+    pending: int
+    """Events it took and has not acknowledged."""
+    idle: float
+    """Seconds since it last read or claimed."""
+
+
+class GroupStatus(NamedTuple):
+    """Where a group stands on one signal."""
+
+    name: str
+    members: list[Member]
+    pending: int
+    """Events delivered to a member and not acknowledged yet."""
+    lag: int | None
+    """Events kept that the group has not been given yet (None: Redis cannot tell)."""
+    last_delivered: str
+    dead_letters: int
+
+
+def status(client: redis.Redis, prefix: str, channel: str, stream: bytes) -> list[GroupStatus]:
+    """The groups reading ``stream`` (the history of ``channel``), by name."""
+    found = []
+    for group in _groups_of(client, stream):
+        name = group["name"].decode()
+        retried = {
+            g["name"].decode(): int(g["pending"])
+            for g in _groups_of(client, retry_key(prefix, channel, name))
+        }
+        found.append(
+            GroupStatus(
+                name,
+                [
+                    Member(m["name"].decode(), int(m["pending"]), int(m["idle"]) / 1000)
+                    for m in client.xinfo_consumers(stream, name)
+                ],
+                int(group["pending"]) + retried.get(name, 0),
+                None if group.get("lag") is None else int(group["lag"]),
+                group["last-delivered-id"].decode(),
+                int(client.xlen(dead_letter_key(prefix, channel, name))),
+            )
+        )
+    return sorted(found)
+
+
+def _groups_of(client: redis.Redis, stream: bytes) -> list[dict[str, Any]]:
+    try:
+        return client.xinfo_groups(stream)
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc):
+            return []
+        raise

@@ -5,6 +5,8 @@ id and a replay mark: receivers see ``current_event().replayed`` and the origina
 event id and timestamp, so they can stay idempotent, and a receiver connected with
 ``replays=False`` never gets them. Replays are not kept in history again, and a
 receiving bus neither drops them as duplicates nor moves its position for them.
+A replay into one group goes to that group's own stream instead (see
+:mod:`signalbus.groups`), and only that group's receivers get it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import TYPE_CHECKING
 
 import msgpack
 import redis
+from redis.client import Pipeline
 
-from .codec import REPLAY_HEAD, Codec
+from .codec import REPLAY_HEAD, Codec, Envelope
 from .errors import ArgumentError, PublishError
 from .event import Event
-from .history import TimeBound, as_event, check_limit, decoded, entries, entry_bound
+from .history import Fields, TimeBound, as_event, check_limit, decoded, entries, entry_bound
 
 if TYPE_CHECKING:
     from .signals import Signal
@@ -43,7 +46,7 @@ class ReplayReport:
     skipped: int
     """Entries that were not valid events, logged and left out."""
     listeners: int
-    """The most processes one replayed event reached (0 on a dry run)."""
+    """The most processes one replayed event reached (0 on a dry run, or into a group)."""
     first: Event | None
     last: Event | None
     seconds: float
@@ -54,33 +57,53 @@ def replay_message(entry: bytes, stream_id: str) -> bytes:
     return b"".join((bytes([REPLAY_HEAD]), entry[1:], msgpack.packb(stream_id), _REPLAY_MARK))
 
 
-class _Publisher:
-    """PUBLISH in pipelined batches, paced to ``rate`` events/s when one is given."""
+Write = Callable[[Pipeline, Envelope, Fields], object]
+"""Adds the command that replays one kept event to a pipeline."""
 
-    def __init__(self, client: redis.Redis, channel_key: bytes, rate: float | None) -> None:
+
+def to_subscribers(channel_key: bytes) -> Write:
+    """Replay to every process listening: PUBLISH, with the replay mark."""
+    return lambda pipeline, envelope, fields: pipeline.publish(
+        channel_key, replay_message(fields[b"e"], envelope.stream_id or "")
+    )
+
+
+def to_group(retry_stream: bytes) -> Write:
+    """Replay to one group alone: into the group's own stream, marked replayed."""
+    return lambda pipeline, envelope, fields: pipeline.xadd(
+        retry_stream, {b"e": fields[b"e"], b"replayed": b"1"}
+    )
+
+
+class _Publisher:
+    """Replays in pipelined batches, paced to ``rate`` events/s when one is given."""
+
+    def __init__(self, client: redis.Redis, write: Write, rate: float | None) -> None:
         self._pipeline = client.pipeline(transaction=False)
-        self._channel_key = channel_key
+        self._write = write
         self._interval = 1.0 / rate if rate else 0.0
         self._due = time.monotonic()
         self.published = 0
         self.listeners = 0
 
-    def publish(self, message: bytes) -> None:
+    def publish(self, envelope: Envelope, fields: Fields) -> None:
         if self._interval:
             wait = self._due - time.monotonic()
             if wait > _EARLY:
                 self.finish()
                 time.sleep(wait)
             self._due = max(self._due, time.monotonic()) + self._interval
-        self._pipeline.publish(self._channel_key, message)
+        self._write(self._pipeline, envelope, fields)
         if len(self._pipeline) >= _BATCH:
             self.finish()
 
     def finish(self) -> None:
         if len(self._pipeline):
-            counts = self._pipeline.execute()
-            self.published += len(counts)
-            self.listeners = max(self.listeners, *counts)
+            replies = self._pipeline.execute()
+            self.published += len(replies)
+            # PUBLISH answers how many processes got it; XADD answers an id.
+            reached = [reply for reply in replies if isinstance(reply, int)]
+            self.listeners = max(self.listeners, *reached, 0)
 
 
 def replay(
@@ -88,7 +111,7 @@ def replay(
     codec: Codec,
     signal: Signal,
     *,
-    channel_key: bytes,
+    write: Write,
     stream_key: bytes,
     own_token: bytes,
     since: TimeBound,
@@ -111,7 +134,7 @@ def replay(
     check_limit(limit, channel)
     start = entry_bound(since, channel=channel, default="-")
     end = entry_bound(until, channel=channel, default="+")
-    publisher = _Publisher(client, channel_key, rate)
+    publisher = _Publisher(client, write, rate)
     counts = {"events": 0, "skipped": 0}
     first = last = None
     began = time.monotonic()
@@ -125,7 +148,7 @@ def replay(
             last = as_event(envelope, own_token)
             first = first or last
             if not dry_run:
-                publisher.publish(replay_message(fields[b"e"], envelope.stream_id or ""))
+                publisher.publish(envelope, fields)
             counts["events"] += 1
             if progress is not None:
                 progress(last)

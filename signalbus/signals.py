@@ -18,7 +18,7 @@ from blinker import _utilities as blinker_utilities
 from . import bus as bus_module
 from .errors import ConfigurationError
 from .event import Event, _current
-from .groups import DeadLetter, Group, as_group
+from .groups import DeadLetter, Group, GroupStatus, as_group
 from .history import HistoryOption, Keep, TimeBound
 from .replay import ReplayReport
 
@@ -102,6 +102,7 @@ class Signal(blinker.NamedSignal):
         dry_run: bool = False,
         rate: float | None = None,
         progress: c.Callable[[Event], object] | None = None,
+        group: str | None = None,
     ) -> ReplayReport:
         """Publish the events kept between ``since`` and ``until`` again, oldest first,
         to every process listening now, and return what was done.
@@ -109,11 +110,19 @@ class Signal(blinker.NamedSignal):
         Receivers see ``current_event().replayed`` with the original id and timestamp;
         those connected with ``replays=False`` are skipped. ``dry_run`` publishes
         nothing and reports what would be replayed; ``rate`` paces the replay (events
-        per second); ``progress`` is called with each event as it goes out. Returns
-        once every replayed event is on the server.
+        per second); ``progress`` is called with each event as it goes out. With
+        ``group``, only that group's receivers get the events (one process each), and
+        no broadcast receiver does. Returns once every replayed event is on the server.
         """
         return self._bus_or_raise()._replay(
-            self, since, until, limit=limit, dry_run=dry_run, rate=rate, progress=progress
+            self,
+            since,
+            until,
+            limit=limit,
+            dry_run=dry_run,
+            rate=rate,
+            progress=progress,
+            group=group,
         )
 
     def _bus_or_raise(self) -> bus_module.Bus:
@@ -218,6 +227,11 @@ class Signal(blinker.NamedSignal):
         """Give dead letters (``ids``, default all) to ``group`` again, to that group
         alone; returns how many. Each gets a fresh set of attempts."""
         return self._bus_or_raise()._requeue(self, group, ids)
+
+    def group_status(self) -> list[GroupStatus]:
+        """Every group reading this signal, from any process: its members, what they
+        hold unacknowledged, how far behind it is, and its dead letters."""
+        return self._bus_or_raise()._group_status(self)
 
     def groups(self) -> list[Group]:
         """The groups this signal has receivers in, in this process."""

@@ -175,3 +175,50 @@ def test_group_options_must_agree_and_need_history(make_bus: Callable[..., Bus])
         Group("mailer", max_attempts=0)
     with pytest.raises(ConfigurationError, match="start"):
         Group("mailer", start="yesterday")  # type: ignore[arg-type]
+
+
+def test_a_replay_into_one_group_reaches_that_group_alone(make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    seen: dict[str, list[tuple[int, bool]]] = {"mailer": [], "audit": [], "broadcast": []}
+
+    def recorder(name: str) -> Callable[..., None]:
+        def record(sender: Any, **kwargs: Any) -> None:
+            event = signalbus.current_event()
+            assert event is not None
+            seen[name].append((kwargs["n"], event.replayed))
+
+        return record
+
+    signal.connect(recorder("mailer"), weak=False, group="mailer")
+    signal.connect(recorder("audit"), weak=False, group="audit")
+    Namespace("auth", bus=make_bus()).signal("logged-in").connect(recorder("broadcast"), weak=False)
+    sender_bus = make_bus()
+    send(sender_bus, 2)
+    wait_for(lambda: all(len(events) == 2 for events in seen.values()))
+    report = signal.replay("0", group="mailer")
+    assert (report.events, report.listeners) == (2, 0)
+    wait_for(lambda: len(seen["mailer"]) == 4)
+    send(sender_bus, 1, first=2)  # once the others have this one, they had all they get
+    wait_for(lambda: len(seen["audit"]) == 3 and len(seen["broadcast"]) == 3)
+    assert seen["mailer"] == [(0, False), (1, False), (0, True), (1, True), (2, False)]
+    assert seen["audit"] == seen["broadcast"] == [(0, False), (1, False), (2, False)]
+
+
+def test_group_status_shows_members_pending_lag_and_dead_letters(
+    make_bus: Callable[..., Bus],
+) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    assert signal.group_status() == []
+    signal.connect(
+        lambda sender, **kwargs: 1 / 0,
+        weak=False,
+        group=Group("mailer", max_attempts=1, retry_backoff=0.05),
+    )
+    send(make_bus(), 2)
+    wait_for(lambda: bus.stats()["dead_lettered"] == 2)
+    (status,) = signal.group_status()
+    assert (status.name, status.pending, status.lag, status.dead_letters) == ("mailer", 0, 0, 2)
+    assert [member.name for member in status.members] == [f"{bus.origin}:{bus._token_hex}"]
+    assert status.last_delivered == list(signal.history())[-1].stream_id
