@@ -148,7 +148,7 @@ class Bus:
         self._stats = Stats()
         log = self._log = ThrottledLog()
         self._publisher = Publisher(
-            PublishConnection(self.client),
+            PublishConnection(self.client, self._trim_warning),
             stats=self._stats,
             log=log,
             **self._publisher_options,
@@ -386,6 +386,12 @@ class Bus:
             return bool(listening)
 
     # -- groups --------------------------------------------------------------------
+
+    def _trim_warning(self, warning: str) -> None:
+        """History trimming had to drop events a group still needed, or failed: loudly,
+        every time."""
+        self._stats.add("trim_warnings")
+        logger.error("signalbus: history trimming: %s", warning)
 
     def _join(self, signal: Signal, group: Group) -> None:
         """Let this process handle ``group``'s share of ``signal``'s events."""

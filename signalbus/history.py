@@ -100,8 +100,73 @@ def stream_key(prefix: str, channel: str) -> bytes:
 # KEYS are the streams of the batch. ARGV holds, per stream in KEYS order, its max
 # count and min id ("0": no age limit); then, per event, its stream's index (0: not
 # kept), its channel and its envelope. Errors are returned per event (pcall), so one
-# refused event never undoes or stops the others; age trimming runs once per stream.
+# refused event never undoes or stops the others. Each stream is trimmed once per
+# batch, after its events; the reply is {results per event, warnings}.
+#
+# Trimming respects consumer groups: nothing a group has not been given or not
+# acknowledged is trimmed by age, nor by count while every group is at most max_count
+# events behind. A group further behind holds trimming back, up to HOLD x max_count
+# entries; past that the stream is trimmed anyway and a warning says what was lost.
+# A trim that fails is a warning too: it must not pass unnoticed.
 PUBLISH_SCRIPT = b"""
+local HOLD = 10
+
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-?(%d*)$')
+  return tonumber(ms), tonumber(seq) or 0
+end
+
+local function older(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  if am ~= bm then return am < bm end
+  return as < bs
+end
+
+local function trim(key, max_count, min_id)
+  local groups = redis.call('XINFO', 'GROUPS', key)
+  if #groups == 0 then
+    redis.call('XTRIM', key, 'MAXLEN', '~', max_count)
+    if min_id ~= '0' then redis.call('XTRIM', key, 'MINID', '~', min_id) end
+    return nil
+  end
+  local behind, keep, unacked = 0, nil, {}
+  for _, fields in ipairs(groups) do
+    local g = {}
+    for i = 1, #fields, 2 do g[fields[i]] = fields[i + 1] end
+    local need = g['last-delivered-id']
+    if g['pending'] > 0 then
+      need = redis.call('XPENDING', key, g['name'])[2]
+      unacked[#unacked + 1] = {g['name'], need}
+    end
+    if keep == nil or older(need, keep) then keep = need end
+    local lag = g['lag']
+    if type(lag) ~= 'number' then lag = max_count + 1 end
+    behind = math.max(behind, lag + g['pending'])
+  end
+  local warning = nil
+  if behind <= max_count then
+    redis.call('XTRIM', key, 'MAXLEN', '~', max_count)
+  elseif redis.call('XLEN', key) > HOLD * max_count then
+    redis.call('XTRIM', key, 'MAXLEN', '~', HOLD * max_count)
+    warning = key .. ': trimmed to ' .. (HOLD * max_count) .. ' entries although a group is '
+      .. behind .. ' events behind'
+  end
+  if min_id ~= '0' then
+    local threshold = min_id
+    if older(keep, min_id) then threshold = keep end
+    redis.call('XTRIM', key, 'MINID', '~', threshold)
+  end
+  local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+  for _, held in ipairs(unacked) do
+    if first and older(held[2], first[1]) then
+      warning = (warning or key .. ':') .. '; group ' .. held[1]
+        .. ' lost unacknowledged events from ' .. held[2]
+    end
+  end
+  return warning
+end
+
 local streams = #KEYS
 local out = {}
 for a = 2 * streams + 1, #ARGV, 3 do
@@ -110,7 +175,7 @@ for a = 2 * streams + 1, #ARGV, 3 do
   if s == 0 then
     result = redis.pcall('PUBLISH', channel, event)
   else
-    result = redis.pcall('XADD', KEYS[s], 'MAXLEN', '~', ARGV[2 * s - 1], '*', 'e', event)
+    result = redis.pcall('XADD', KEYS[s], '*', 'e', event)
     if type(result) ~= 'table' then
       local kept = string.char(0x99) .. string.sub(event, 2) .. cmsgpack.pack(result)
       result = redis.pcall('PUBLISH', channel, kept)
@@ -118,12 +183,13 @@ for a = 2 * streams + 1, #ARGV, 3 do
   end
   out[#out + 1] = result
 end
+local warnings = {}
 for s = 1, streams do
-  if ARGV[2 * s] ~= '0' then
-    redis.pcall('XTRIM', KEYS[s], 'MINID', '~', ARGV[2 * s])
-  end
+  local ok, warning = pcall(trim, KEYS[s], tonumber(ARGV[2 * s - 1]), ARGV[2 * s])
+  if not ok then warning = KEYS[s] .. ': trimming failed: ' .. tostring(warning) end
+  if warning then warnings[#warnings + 1] = warning end
 end
-return out
+return {out, warnings}
 """
 
 PUBLISH_SCRIPT_SHA = hashlib.sha1(PUBLISH_SCRIPT).hexdigest().encode()

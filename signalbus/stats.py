@@ -50,6 +50,8 @@ class Stats:
     """Tries of a group event that raised (it is tried again, or goes to dead letters)."""
     dead_lettered: int = 0
     """Group events this process moved to dead letters."""
+    trim_warnings: int = 0
+    """Times history trimming dropped events a group had not handled, or failed."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

@@ -13,7 +13,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -103,8 +103,11 @@ class PublishConnection:
     batch on a connection loads the script first, in the same write.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self, client: redis.Redis, on_trim_warning: Callable[[str], None] = lambda _: None
+    ) -> None:
         self._conn = _dedicated_connection(client)
+        self._on_trim_warning = on_trim_warning  # trimming dropped what a group needs, or failed
         self._script_loaded = False
         self._loads: deque[bool] = deque()  # per write, in order: did it load the script?
 
@@ -169,7 +172,10 @@ class PublishConnection:
             return [reply] * len(events)
         if isinstance(load_reply, Exception):
             return [load_reply] * len(events)
-        return [self._error_or_none(result) for result in reply]
+        results, warnings = reply
+        for warning in warnings:
+            self._on_trim_warning(warning.decode(errors="replace"))
+        return [self._error_or_none(result) for result in results]
 
     def publish(self, events: Sequence[Outgoing]) -> list[Exception | None]:
         """Write and wait for the replies: one round trip."""

@@ -4,6 +4,7 @@ a group, at least once when a process dies, dead letters after the last attempt.
 from __future__ import annotations
 
 import collections
+import datetime
 import signal as os_signal
 import threading
 from collections.abc import Callable, Iterator
@@ -222,3 +223,45 @@ def test_group_status_shows_members_pending_lag_and_dead_letters(
     assert (status.name, status.pending, status.lag, status.dead_letters) == ("mailer", 0, 0, 2)
     assert [member.name for member in status.members] == [f"{bus.origin}:{bus._token_hex}"]
     assert status.last_delivered == list(signal.history())[-1].stream_id
+
+
+def test_history_is_not_trimmed_past_what_a_group_has_not_handled(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = f"{prefix}signalbus:history:{CHANNEL}"
+    sender_bus = make_bus(history=signalbus.History(max_count=100))
+    raw.xgroup_create(stream, "slow", id="$", mkstream=True)  # a group nobody reads now
+    send(sender_bus, 500)
+    assert raw.xlen(stream) >= 500  # held back: the group is 500 behind
+    assert sender_bus.stats()["trim_warnings"] == 0
+    send(sender_bus, 1000, first=500)
+    assert 1000 <= raw.xlen(stream) < 1500  # past 10 x max_count it must give way, loudly
+    assert sender_bus.stats()["trim_warnings"] >= 1
+    assert "although a group is" in caplog.text and "events behind" in caplog.text
+    raw.xgroup_destroy(stream, "slow")
+    send(sender_bus, 1, first=1500)
+    assert raw.xlen(stream) < 300  # no group: back to about max_count
+
+
+def test_age_trimming_keeps_what_a_group_has_not_acknowledged(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str
+) -> None:
+    stream = f"{prefix}signalbus:history:{CHANNEL}"
+    brief = signalbus.History(max_age=datetime.timedelta(milliseconds=1))
+    sender_bus = make_bus(history=brief)
+    bus = make_bus(history=brief)
+    gate = threading.Event()
+    handled: list[int] = []
+
+    def blocked(sender: Any, **kwargs: Any) -> None:
+        gate.wait(10)
+        handled.append(kwargs["n"])
+
+    Namespace("auth", bus=bus).signal("logged-in").connect(blocked, weak=False, group="mailer")
+    send(sender_bus, 1)
+    wait_for(lambda: raw.xpending(stream, "mailer")["pending"] == 1)  # taken, not acknowledged
+    for n in range(1, 5):  # each batch trims by age; the pending entry must stay
+        send(sender_bus, 1, first=n)
+    assert raw.xrange(stream, count=1)[0][0] == raw.xpending(stream, "mailer")["min"]
+    gate.set()
+    wait_for(lambda: handled == list(range(5)))
