@@ -7,7 +7,8 @@ Starts one private Redis server and measures, against it, with real processes:
 (a) throughput, one sending process to one receiving process;
 (b) one-way latency p50/p99 at a steady 2,000 events/s;
 (c) the caller's cost of ``send()`` with one local receiver, against plain blinker;
-(d) fan-out from one sending process to four receiving processes.
+(d) fan-out from one sending process to four receiving processes;
+(e) group delivery: (a) to one group receiver, against one broadcast receiver.
 
 BENCHMARKS.md says what each figure means and how the baseline is defined.
 """
@@ -41,7 +42,6 @@ from signalbus.testing import RedisServer
 # A receiver that falls behind a burst makes Redis buffer for it; with the default
 # limits Redis would cut it off mid-run. Both sides run against this same server.
 SERVER_ARGS = ["--client-output-buffer-limit", "pubsub 0 0 0"]
-SIDE_ORDER = ("raw", "signalbus")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,10 @@ class Bench:
         return f"bench-{uuid.uuid4().hex[:8]}-{scenario}-{side}:"
 
     def each_round(
-        self, scenario: str, measure_side: Callable[[str, str], Outcome]
+        self,
+        scenario: str,
+        measure_side: Callable[[str, str], Outcome],
+        sides: tuple[str, ...] = ("raw", "signalbus"),
     ) -> Iterator[tuple[str, Outcome]]:
         """``measure_side(side, prefix)`` for both sides, alternating, round after round.
 
@@ -117,7 +120,7 @@ class Bench:
         skipped, not raised.
         """
         for number in range(1, self.rounds + 1):
-            for side in SIDE_ORDER:
+            for side in sides:
                 progress(f"({scenario}) {side}, round {number}/{self.rounds}")
                 try:
                     outcome = measure_side(side, self.prefix(scenario, side))
@@ -273,7 +276,34 @@ def _note_drops(row: Row, side: str, outcome: Outcome) -> None:
         row.notes.append(f"{side} sender DROPPED {dropped:,}")
 
 
-SCENARIOS: list[Callable[[Bench], list[Row]]] = [throughput, latency, send_cost, fanout]
+def group_delivery(bench: Bench) -> list[Row]:
+    """(e): the same burst as (a), to one group receiver against one broadcast receiver."""
+    count = bench.sizes.throughput
+    row = Row(
+        "(e) group delivery 1 -> 1", "events/s", Target(0.5, at_least=True), baseline="broadcast"
+    )
+    row.notes.append(
+        f"{count:,} events, first send to last handled (and acknowledged) in a group of one; "
+        "baseline: the same to a broadcast receiver"
+    )
+
+    def one(side: str, prefix: str) -> Outcome:
+        bus_side = "signalbus-group" if side == "signalbus" else "signalbus"
+        return measure(Run(bus_side, bench.url, prefix, count=count))
+
+    for side, outcome in bench.each_round("e", one, sides=("broadcast", "signalbus")):
+        row.add(side, count / (outcome.last_received - outcome.started))
+        _note_drops(row, side, outcome)
+    return [row]
+
+
+SCENARIOS: list[Callable[[Bench], list[Row]]] = [
+    throughput,
+    latency,
+    send_cost,
+    fanout,
+    group_delivery,
+]
 
 
 # -- the report -----------------------------------------------------------------------

@@ -45,6 +45,8 @@ class Sender(Protocol):
 
 class Side(Protocol):
     name: str
+    subscribes: bool
+    """Whether its receivers subscribe to the channel (group receivers read a stream)."""
 
     def receive(
         self,
@@ -94,6 +96,7 @@ class RawSender:
 
 class RawSide:
     name = "raw"
+    subscribes = True
 
     def receive(
         self,
@@ -143,10 +146,15 @@ class BusSender:
 
 
 class BusSide:
-    """signalbus with default options, or with ``bus_options`` under another name."""
+    """signalbus with default options, or with ``bus_options`` under another name; with
+    ``group``, its receivers are group receivers."""
 
-    def __init__(self, name: str = "signalbus", **bus_options: Any) -> None:
+    def __init__(
+        self, name: str = "signalbus", *, group: str | None = None, **bus_options: Any
+    ) -> None:
         self.name = name
+        self.subscribes = group is None
+        self._group = group
         self._bus_options = bus_options
 
     def receive(
@@ -165,14 +173,15 @@ class BusSide:
 
         with signalbus.Bus(url, prefix=prefix, **self._bus_options) as bus:
             signal = bus_signal(bus)
-            signal.connect(receiver)  # returns once the server confirmed the subscription
+            # Returns once the server confirmed the subscription, or created the group.
+            signal.connect(receiver, group=self._group)
             ready()
-            received = bus.stats
+            counter = "received" if self._group is None else "group_handled"
             seen = -1
             while not done.wait(idle_timeout):
-                if received()["received"] == seen:
+                if bus.stats()[counter] == seen:
                     raise TimeoutError(f"no event for {idle_timeout}s")
-                seen = received()["received"]
+                seen = bus.stats()[counter]
 
     def sender(self, url: str, prefix: str, *, paced: bool) -> Sender:
         # Default options, as an application would have them: with Redis healthy a burst
@@ -182,5 +191,10 @@ class BusSide:
 
 SIDES: dict[str, Side] = {
     side.name: side
-    for side in (RawSide(), BusSide(), BusSide("signalbus-no-history", history=False))
+    for side in (
+        RawSide(),
+        BusSide(),
+        BusSide("signalbus-no-history", history=False),
+        BusSide("signalbus-group", group="bench"),
+    )
 }

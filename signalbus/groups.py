@@ -45,6 +45,9 @@ __all__ = [
 _NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 _BLOCK_MS = 500
 _BATCH = 100
+# Handled events are acknowledged together, at the latest this long after the first of
+# them: fewer round trips, and a process that dies repeats at most that much work.
+_ACK_DELAY = 0.002
 _MAX_BACKOFF = 2.0
 
 
@@ -219,8 +222,24 @@ class GroupConsumer:
                 self._create(stream, "0")
             return
         for stream, found in cast(list[tuple[bytes, list[Any]]], replies or []):
+            handled: list[str] = []
+            oldest = 0.0
             for entry_id, fields in found:
-                self._process(stream, streams, entry_id.decode(), fields, attempt=1)
+                if self._process(stream, streams, entry_id.decode(), fields, attempt=1):
+                    handled.append(entry_id.decode())
+                    now = time.monotonic()
+                    oldest = oldest or now
+                    if now - oldest >= _ACK_DELAY:
+                        self._ack(stream, handled)
+                        handled, oldest = [], 0.0
+            self._ack(stream, handled)
+
+    def _ack(self, stream: bytes, handled: list[str]) -> None:
+        if handled:
+            self._client.xack(stream, self.group.name, *handled)
+            for entry_id in handled:
+                self._errors.pop((stream, entry_id), None)
+            self._stats.group_handled += len(handled)
 
     def _retry_and_claim(self, streams: dict[bytes, bytes]) -> None:
         """Try again what failed here and is due, take over what another process left."""
@@ -249,8 +268,8 @@ class GroupConsumer:
         for _, fields in cast(list[tuple[bytes, Any]], claimed):
             if attempts >= self.group.max_attempts:
                 self._dead_letter(stream, streams[stream], entry_id, fields, attempts)
-            else:
-                self._process(stream, streams, entry_id, fields, attempts + 1)
+            elif self._process(stream, streams, entry_id, fields, attempts + 1):
+                self._ack(stream, [entry_id])
 
     def _process(
         self,
@@ -259,7 +278,8 @@ class GroupConsumer:
         entry_id: str,
         fields: dict[bytes, bytes] | None,
         attempt: int,
-    ) -> None:
+    ) -> bool:
+        """Run the receivers for one entry; True if it is to be acknowledged."""
         data = (fields or {}).get(b"e", b"")
         try:
             envelope = self._codec.decode(data)._replace(
@@ -270,7 +290,7 @@ class GroupConsumer:
             self._errors[(stream, entry_id)] = f"not a valid event: {exc}"
             self._stats.add("invalid")
             self._dead_letter(stream, streams[stream], entry_id, fields, attempt)
-            return
+            return False
         try:
             self._handle(stream, envelope, entry_id, attempt)
         except Exception as exc:
@@ -287,10 +307,8 @@ class GroupConsumer:
                 exc,
                 exc_info=True,
             )
-            return
-        self._client.xack(stream, self.group.name, entry_id)
-        self._errors.pop((stream, entry_id), None)
-        self._stats.group_handled += 1
+            return False
+        return True
 
     def _dead_letter(
         self,
