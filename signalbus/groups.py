@@ -48,6 +48,9 @@ _BATCH = 100
 # Handled events are acknowledged together, at the latest this long after the first of
 # them: fewer round trips, and a process that dies repeats at most that much work.
 _ACK_DELAY = 0.002
+# A member that holds nothing and has not read for this long is gone (its process
+# ended): it is removed from the group, so the group's status lists live members.
+_GONE_AFTER = 3600.0
 _MAX_BACKOFF = 2.0
 
 
@@ -135,6 +138,7 @@ class GroupConsumer:
         self._created: set[bytes] = set()
         self._errors: dict[tuple[bytes, str], str] = {}  # the last error, per failed entry
         self._next_pending_check = 0.0
+        self._next_cleanup = time.monotonic() + _GONE_AFTER / 10
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -166,6 +170,8 @@ class GroupConsumer:
                 self._create_missing(streams)
                 if time.monotonic() >= self._next_pending_check:
                     self._retry_and_claim(streams)
+                if time.monotonic() >= self._next_cleanup:
+                    self._forget_gone_members(streams)
                 self._read_new(streams)
                 backoff = 0.05
             except _NETWORK_ERRORS as exc:
@@ -256,6 +262,14 @@ class GroupConsumer:
                 due = group.backoff(attempts) if mine else group.claim_idle
                 if int(entry["time_since_delivered"]) >= due * 1000:
                     self._claim(stream, streams, entry["message_id"].decode(), due, attempts)
+
+    def _forget_gone_members(self, streams: dict[bytes, bytes]) -> None:
+        self._next_cleanup = time.monotonic() + _GONE_AFTER / 10
+        for stream in streams:
+            for member in self._client.xinfo_consumers(stream, self.group.name):
+                gone = member["pending"] == 0 and member["idle"] > _GONE_AFTER * 1000
+                if gone and member["name"].decode() != self._consumer:
+                    self._client.xgroup_delconsumer(stream, self.group.name, member["name"])
 
     def _claim(
         self, stream: bytes, streams: dict[bytes, bytes], entry_id: str, due: float, attempts: int

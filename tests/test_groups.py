@@ -265,3 +265,24 @@ def test_age_trimming_keeps_what_a_group_has_not_acknowledged(
     assert raw.xrange(stream, count=1)[0][0] == raw.xpending(stream, "mailer")["min"]
     gate.set()
     wait_for(lambda: handled == list(range(5)))
+
+
+def test_members_gone_for_long_are_removed_from_the_group(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(signalbus.groups, "_GONE_AFTER", 0.2)
+    stream = f"{prefix}signalbus:history:{CHANNEL}"
+    raw.xgroup_create(stream, "mailer", id="$", mkstream=True)
+    raw.xreadgroup("mailer", "gone-host:1:0", {stream: ">"})  # a member that read, then died
+    bus = make_bus()
+    handled: list[int] = []
+    Namespace("auth", bus=bus).signal("logged-in").connect(
+        lambda sender, **kwargs: handled.append(kwargs["n"]), weak=False, group="mailer"
+    )
+    send(make_bus(), 1)  # Redis lists a member once it was given something
+    wait_for(lambda: handled == [0])
+
+    def members() -> list[bytes]:
+        return [member["name"] for member in raw.xinfo_consumers(stream, "mailer")]
+
+    wait_for(lambda: members() == [f"{bus.origin}:{bus._token_hex}".encode()])
