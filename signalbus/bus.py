@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from .codec import TOKEN_SIZE, Codec, Envelope, event_id
-from .errors import ConfigurationError
+from .errors import ArgumentError, ConfigurationError
 from .event import Event, _current
 from .groups import (
     DeadLetter,
@@ -288,6 +288,12 @@ class Bus:
         if group is None:
             write = to_subscribers(self._key(signal.channel))
         else:
+            groups = [status.name for status in self._group_status(signal)]
+            if group not in groups:
+                raise ArgumentError(
+                    f"signal {signal.channel!r}: no group {group!r} reads it (groups: "
+                    f"{', '.join(groups) or 'none'}); nothing was replayed"
+                )
             write = to_group(retry_key(self.prefix, signal.channel, group))
         return replay(
             self.client,

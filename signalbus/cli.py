@@ -4,15 +4,19 @@
     signalbus tail [PATTERN] [--json]           print the live events, one line each
     signalbus send CHANNEL [--sender S] K=V...  emit one event by hand
     signalbus history CHANNEL [--since T] ...   print the events a signal kept, oldest first
-    signalbus replay CHANNEL --since T ...      publish kept events again (try --dry-run)
+    signalbus replay CHANNEL --since T ...      publish kept events again (try --dry-run);
+                                                with --group G, to that group alone
+    signalbus groups CHANNEL [--json]           the groups reading a signal, and their members
+    signalbus dead-letters CHANNEL --group G    the events a group gave up on (--requeue
+                                                gives them back to it)
 
 Every command takes ``--url`` (default ``$SIGNALBUS_URL``, else
 ``redis://localhost:6379/0``) and ``--prefix`` (the bus's channel prefix), before or
 after the command's name. Exit codes: 0 done, 1 Redis unreachable or refused, 2 bad
 usage. ``tail`` is a read-only observer on a plain redis-py connection: it needs no
 bus, and decodes with the same codec receivers use, so what it calls skipped is what
-receivers skip. ``send``, ``history`` and ``replay`` go through a ``Bus``, as
-applications do.
+receivers skip. ``send``, ``history``, ``replay``, ``groups`` and ``dead-letters`` go
+through a ``Bus``, as applications do.
 
 click and rich are imported here only; ``import signalbus`` never imports this module.
 """
@@ -57,6 +61,7 @@ from .errors import (
     TransportError,
 )
 from .event import Event
+from .groups import DeadLetter, GroupStatus
 from .history import ENTRY_ID, TimeBound
 from .replay import ReplayReport
 from .signals import Namespace, Signal
@@ -211,20 +216,42 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _event_json(event: _Shown, *, with_stream_id: bool = False) -> str:
+def _iso(timestamp: float) -> str:
+    """``timestamp`` (seconds since the epoch) in ISO 8601, UTC."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
+
+
+def _event_fields(event: _Shown, *, with_stream_id: bool = False) -> dict[str, Any]:
     fields = {
         "id": event.id,
         "channel": event.channel,
         "sender": _jsonable(event.sender),
         "kwargs": _jsonable(dict(event.kwargs or {})),
         "timestamp": event.timestamp,
-        "time": datetime.datetime.fromtimestamp(event.timestamp, datetime.UTC).isoformat(),
+        "time": _iso(event.timestamp),
         "origin": event.origin,
         "replayed": event.replayed,
     }
     if with_stream_id:
         fields["stream_id"] = event.stream_id
+    return fields
+
+
+def _json(fields: Mapping[str, Any]) -> str:
     return json.dumps(fields, ensure_ascii=False)
+
+
+def _event_json(event: _Shown, *, with_stream_id: bool = False) -> str:
+    return _json(_event_fields(event, with_stream_id=with_stream_id))
+
+
+def _labelled(line: Text, fields: Mapping[str, str | Text]) -> Text:
+    """``line`` followed by ``  label=value`` for each field."""
+    for label, value in fields.items():
+        line.append("  ")
+        line.append(f"{label}=", style="dim")
+        line.append(value)
+    return line
 
 
 def _counted(count: int, noun: str, plural: str | None = None) -> str:
@@ -236,6 +263,16 @@ def _quiet_stdout() -> None:
     flush, nowhere, so the command can stop and exit 0 without a traceback."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+@contextlib.contextmanager
+def _until_the_reader_leaves() -> Iterator[None]:
+    """Run the block, which prints to stdout; if the reader goes away, stop it there,
+    quietly (the rest of the block, a summary on stderr say, is not run)."""
+    try:
+        yield
+    except BrokenPipeError:
+        _quiet_stdout()
 
 
 def _failure(url: str, exc: BaseException) -> click.ClickException:
@@ -563,17 +600,14 @@ def history(
     """
     out, status = _console(), _console(stderr=True)
     tally = _Tally()
-    try:
+    with _until_the_reader_leaves():
         with _signal(settings, channel) as signal:
             for event in map(tally.add, signal.history(since, until, limit)):
                 if as_json:
                     click.echo(_event_json(event, with_stream_id=True))
                 else:
                     out.print(_event_line(event, with_stream_id=True))
-    except BrokenPipeError:
-        _quiet_stdout()
-        return
-    _note(status, tally.summary(channel))
+        _note(status, tally.summary(channel))
 
 
 @cli.command(no_args_is_help=True, epilog=TIME_FORMS)
@@ -590,6 +624,12 @@ def history(
     metavar="N",
     help="At most N events per second (default: as fast as Redis takes them).",
 )
+@click.option(
+    "--group",
+    metavar="NAME",
+    help="Replay to this group alone (one of its processes gets each event), not to "
+    "every process listening.",
+)
 @_connection_options()
 @click.pass_obj
 def replay(
@@ -600,9 +640,10 @@ def replay(
     limit: int | None,
     dry_run: bool,
     rate: float | None,
+    group: str | None,
 ) -> None:
     """Publish the events kept for CHANNEL (namespace.signal) again, oldest first, to
-    every process listening now.
+    every process listening now; with --group, to that group alone.
 
     Receivers get them with current_event().replayed set and their original ids, so
     they can stay idempotent; receivers connected with replays=False never do. Replays
@@ -625,9 +666,9 @@ def replay(
         doing = f"{'reading' if dry_run else 'replaying'} {channel}"
         with _progress_bar(status, doing, counted.events) as advance:
             report = signal.replay(
-                since, until, limit=limit, dry_run=dry_run, rate=rate, progress=advance
+                since, until, limit=limit, dry_run=dry_run, rate=rate, progress=advance, group=group
             )
-    _show_report(report)
+    _show_report(report, group)
 
 
 @contextlib.contextmanager
@@ -647,24 +688,178 @@ def _progress_bar(console: Console, doing: str, total: int) -> Iterator[Callable
         yield lambda event: progress.advance(task)
 
 
-def _show_report(report: ReplayReport) -> None:
-    """What a replay did, or would do: counts, then its first and last events."""
+def _show_report(report: ReplayReport, group: str | None) -> None:
+    """What a replay (into ``group``, if given) did, or would do: counts, then its first
+    and last events."""
     out = _console()
     events = _counted(report.events, "event")
     skipped = f"{_counted(report.skipped, 'entry', 'entries')} skipped (not events)"
+    where = report.channel if group is None else f"{report.channel} to group {group}"
     if report.dry_run:
-        out.print(f"would replay {events} on {report.channel}; {skipped}")
+        out.print(f"would replay {events} on {where}; {skipped}")
     else:
-        reached = _counted(report.listeners, "process", "processes")
-        out.print(
-            f"replayed {events} on {report.channel} in {report.seconds:.2f}s; "
-            f"reached {reached}; {skipped}"
-        )
+        # Into a group, the events go to a stream: no processes are counted.
+        processes = _counted(report.listeners, "process", "processes")
+        reached = f"reached {processes}; " if group is None else ""
+        out.print(f"replayed {events} on {where} in {report.seconds:.2f}s; {reached}{skipped}")
     for label, event in (("first", report.first), ("last ", report.last)):
         if event is not None:
             out.print(Text.assemble((label, "bold"), "  ", _event_line(event, with_stream_id=True)))
     if report.dry_run:
         out.print("dry run: nothing was published")
+
+
+# -- groups and dead letters ---------------------------------------------------------------
+
+
+@cli.command(no_args_is_help=True)
+@click.argument("channel")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per group and line.")
+@_connection_options()
+@click.pass_obj
+def groups(settings: Settings, channel: str, as_json: bool) -> None:
+    """Show the groups reading CHANNEL (namespace.signal), whichever process runs them.
+
+    For each group: pending (events given to a member and not acknowledged yet), lag
+    (events kept that the group was not given yet; ? when Redis cannot tell), the last
+    entry delivered and its dead letters; then one line per member process: its
+    pending events and the seconds since it last read. With --json, one object per
+    group and line, with those keys and a list of members.
+    """
+    out = _console()
+    with _until_the_reader_leaves(), _signal(settings, channel) as signal:
+        found = signal.group_status()
+        if not found:
+            _note(_console(stderr=True), f"no groups read {channel}")
+        for status in found:
+            if as_json:
+                click.echo(_json(_group_fields(status)))
+            else:
+                for line in _group_lines(status):
+                    out.print(line)
+
+
+def _group_lines(status: GroupStatus) -> Iterator[Text]:
+    """The group, then each of its members, indented."""
+    yield _labelled(
+        Text(status.name, style="bold cyan"),
+        {
+            "pending": str(status.pending),
+            "lag": "?" if status.lag is None else str(status.lag),
+            "last_delivered": status.last_delivered,
+            "dead_letters": Text(
+                str(status.dead_letters), style="red" if status.dead_letters else ""
+            ),
+        },
+    )
+    for member in status.members:
+        yield _labelled(
+            Text(f"  {member.name}", style="magenta"),
+            {"pending": str(member.pending), "idle": f"{member.idle:.1f}s"},
+        )
+    if not status.members:
+        yield Text("  no members", style="dim")
+
+
+def _group_fields(status: GroupStatus) -> dict[str, Any]:
+    return {**status._asdict(), "members": [member._asdict() for member in status.members]}
+
+
+def _dead_letter_ids(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> frozenset[str]:
+    for value in values:
+        if not re.fullmatch(r"\d+-\d+", value):
+            raise click.BadParameter(
+                f"{value!r} is not a dead letter's id, such as 1732440000000-0 (as "
+                "dead-letters lists them)",
+                ctx,
+                param,
+            )
+    return frozenset(values)
+
+
+@cli.command("dead-letters", no_args_is_help=True)
+@click.argument("channel")
+@click.option("--group", required=True, metavar="NAME", help="The group that gave up on them.")
+@click.option(
+    "--id",
+    "ids",
+    multiple=True,
+    callback=_dead_letter_ids,
+    metavar="ID",
+    help="Only this dead letter (its id as listed); repeat for more.",
+)
+@click.option(
+    "--requeue",
+    is_flag=True,
+    help="Give them (all, or the --id ones) back to the group, to be tried again.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter and line.")
+@_connection_options()
+@click.pass_obj
+def dead_letters(
+    settings: Settings,
+    channel: str,
+    group: str,
+    ids: frozenset[str],
+    requeue: bool,
+    as_json: bool,
+) -> None:
+    """List the events of CHANNEL (namespace.signal) that a group gave up on, oldest first.
+
+    For each: its dead letter id, the attempts made, when it failed, the process that
+    gave up and the last error; then, indented, the event as history prints it. With
+    --json, one object per line with id, attempts, error, failed_at (ISO, UTC),
+    consumer and event (history's keys). Then, on stderr, how many.
+
+    With --requeue, nothing is listed: the dead letters go back to the group, which
+    tries each again (from its first attempt) in one of its processes.
+    """
+    if requeue and as_json:
+        raise click.UsageError("--json lists dead letters; it does not go with --requeue")
+    out, status = _console(), _console(stderr=True)
+    with _until_the_reader_leaves(), _signal(settings, channel) as signal:
+        if requeue:
+            moved = signal.requeue(group, ids or None)
+            out.print(f"requeued {_counted(moved, 'event')} to group {group}")
+            if len(ids) > moved:
+                _note(status, f"{_counted(len(ids) - moved, 'id')} matched no dead letter")
+            return
+        shown = 0
+        for letter in signal.dead_letters(group):
+            if ids and letter.id not in ids:
+                continue  # --id without --requeue: only those are listed
+            shown += 1
+            if as_json:
+                click.echo(_json(_dead_letter_fields(letter)))
+            else:
+                out.print(_dead_letter_line(letter))
+                out.print(Text.assemble("  ", _event_line(letter.event, with_stream_id=True)))
+        _note(status, f"{_counted(shown, 'dead letter')} of group {group} on {channel}")
+
+
+def _dead_letter_line(letter: DeadLetter) -> Text:
+    return _labelled(
+        Text(letter.id, style="bold"),
+        {
+            "attempts": str(letter.attempts),
+            "failed": _clock(letter.failed_at, dated=True),
+            "consumer": Text(letter.consumer, style="magenta"),
+            "error": Text(repr(letter.error), style="red"),
+        },
+    )
+
+
+def _dead_letter_fields(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "attempts": letter.attempts,
+        "error": letter.error,
+        "failed_at": _iso(letter.failed_at),
+        "consumer": letter.consumer,
+        "event": _event_fields(letter.event, with_stream_id=True),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

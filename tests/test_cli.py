@@ -1,6 +1,7 @@
 """The ``signalbus`` command, against the real test server.
 
-``send``, ``ping``, ``history`` and ``replay`` run in this process through ``main()``;
+``send``, ``ping``, ``history``, ``replay``, ``groups`` and ``dead-letters`` run in this
+process through ``main()``;
 ``tail`` runs as a real ``python -m signalbus.cli`` process, so it can be interrupted and
 is always killed.
 """
@@ -29,6 +30,7 @@ from signalbus import (
     ArgumentError,
     Bus,
     ConfigurationError,
+    Group,
     Namespace,
     PublishError,
     ReplayReport,
@@ -36,6 +38,7 @@ from signalbus import (
 )
 from signalbus.cli import _time, main
 from signalbus.codec import Codec
+from signalbus.groups import DeadLetter
 from signalbus.testing import RedisServer
 
 from .helpers import ROOT, Recorder, wait_for
@@ -145,6 +148,9 @@ def test_ping_fails_clearly_when_the_server_is_unreachable(
         ["send", "auth.logged-in", "x=1"],
         ["history", "auth.logged-in"],
         ["replay", "auth.logged-in", "--since", "0"],
+        ["groups", "auth.logged-in"],
+        ["dead-letters", "auth.logged-in", "--group", "mailer"],
+        ["dead-letters", "auth.logged-in", "--group", "mailer", "--requeue"],
     ],
 )
 def test_every_command_fails_in_one_line_without_the_password(
@@ -226,7 +232,14 @@ def test_send_splits_the_channel_at_its_last_dot_and_takes_options_after_the_com
 
 @pytest.mark.parametrize("channel", ["logged-in", ".logged-in", "auth."])
 @pytest.mark.parametrize(
-    ("command", "options"), [("send", ["x=1"]), ("history", []), ("replay", ["--since", "0"])]
+    ("command", "options"),
+    [
+        ("send", ["x=1"]),
+        ("history", []),
+        ("replay", ["--since", "0"]),
+        ("groups", []),
+        ("dead-letters", ["--group", "mailer"]),
+    ],
 )
 def test_commands_reject_a_channel_that_is_not_namespace_dot_signal(
     unreachable_url: str,
@@ -462,11 +475,12 @@ def stream_length(raw: redis.Redis, prefix: str) -> int:
 
 
 class Replays:
-    """A receiver on a bus of its own: each event's n, and whether it was a replay."""
+    """A receiver on a bus of its own (in ``group``, if given): each event's n, and
+    whether it was a replay."""
 
-    def __init__(self, make_bus: Callable[..., Bus]) -> None:
+    def __init__(self, make_bus: Callable[..., Bus], group: str | None = None) -> None:
         self.seen: list[tuple[int, bool, str]] = []
-        Namespace("auth", bus=make_bus()).signal("logged-in").connect(self)
+        Namespace("auth", bus=make_bus()).signal("logged-in").connect(self, group=group)
 
     def __call__(self, sender: object, **kwargs: int) -> None:
         event = signalbus.current_event()
@@ -605,14 +619,24 @@ def test_history_rejects_a_limit_under_one(
     assert "Invalid value for '--limit'" in err
 
 
-@pytest.mark.parametrize("command", [["history"], ["replay", "--since", "0"]])
+@pytest.mark.parametrize(
+    ("command", "key"),
+    [
+        (["history"], "history:auth.logged-in"),
+        (["replay", "--since", "0"], "history:auth.logged-in"),
+        (["groups"], "history:auth.logged-in"),
+        (["dead-letters", "--group", "mailer"], "dead:auth.logged-in:mailer"),
+        (["dead-letters", "--group", "mailer", "--requeue"], "dead:auth.logged-in:mailer"),
+    ],
+)
 def test_a_refusing_server_fails_with_exit_code_1(
     raw: redis.Redis,
     prefix: str,
     on_test_bus: Callable[..., tuple[int, str, str]],
     command: list[str],
+    key: str,
 ) -> None:
-    raw.set(f"{prefix}signalbus:history:auth.logged-in", "not a stream")
+    raw.set(f"{prefix}signalbus:{key}", "not a stream")
     code, out, err = on_test_bus(command[0], "auth.logged-in", *command[1:])
     assert (code, out) == (1, "")
     assert "refused: WRONGTYPE" in err
@@ -809,3 +833,219 @@ def test_what_replay_raises_becomes_an_exit_code(
     result = on_test_bus("replay", "auth.logged-in", "--since", "0")
     assert result[:2] == (code, "")
     assert message in result[2]
+
+
+# -- groups and dead letters ---------------------------------------------------------------
+
+MAIL_SERVER_DOWN = "RuntimeError: the mail server is down"
+
+
+class Mailer:
+    """Group ``mailer`` of auth.logged-in, on a bus of its own: while ``failing`` is set,
+    each event fails on its one attempt and goes to dead letters; once it is cleared,
+    each is handled and its n recorded."""
+
+    def __init__(self, make_bus: Callable[..., Bus]) -> None:
+        self.bus = make_bus()
+        self.signal = Namespace("auth", bus=self.bus).signal("logged-in")
+        self.member = f"{self.bus.origin}:{self.bus._token_hex}"
+        self.failing = threading.Event()
+        self.failing.set()
+        self.handled: list[int] = []
+        group = Group("mailer", max_attempts=1, retry_backoff=0.05)
+        self.signal.connect(self, weak=False, group=group)
+
+    def __call__(self, sender: object, **kwargs: int) -> None:
+        if self.failing.is_set():
+            raise RuntimeError("the mail server is down")
+        self.handled.append(kwargs["n"])
+
+    def fail(self, make_bus: Callable[..., Bus], count: int) -> list[DeadLetter]:
+        """Send ``count`` events (n=0, 1...) and wait until they are all dead letters."""
+        logged_in(make_bus, count)
+        wait_for(lambda: self.bus.stats()["dead_lettered"] == count)
+        return list(self.signal.dead_letters("mailer"))
+
+
+def test_groups_shows_each_group_with_its_members_and_dead_letters(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    mailer = Mailer(make_bus)
+    audit = Replays(make_bus, group="audit")
+    mailer.fail(make_bus, 2)
+    audit.wait(2)
+    signal = mailer.signal
+    wait_for(  # once audit has acknowledged its events
+        lambda: (
+            [(g.name, g.pending, g.lag, g.dead_letters) for g in signal.group_status()]
+            == [("audit", 0, 0, 0), ("mailer", 0, 0, 2)]
+        )
+    )
+    members = [[m.name for m in status.members] for status in signal.group_status()]
+    assert members[1] == [mailer.member] and members[0] != members[1]
+    last = list(signal.history())[-1].stream_id
+
+    code, out, err = on_test_bus("groups", "auth.logged-in")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert len(lines) == 4
+    for name, dead, [member], group, member_line in zip(
+        ("audit", "mailer"), (0, 2), members, lines[::2], lines[1::2], strict=True
+    ):
+        assert group == f"{name}  pending=0  lag=0  last_delivered={last}  dead_letters={dead}"
+        assert re.fullmatch(rf"  {re.escape(member)}  pending=0  idle=\d+\.\ds", member_line)
+
+    code, out, err = on_test_bus("groups", "auth.logged-in", "--json")
+    assert (code, err) == (0, "")
+    audit_json, mailer_json = (json.loads(line) for line in out.splitlines())
+    [mailer_member] = mailer_json.pop("members")
+    assert isinstance(mailer_member.pop("idle"), float)
+    assert mailer_member == {"name": mailer.member, "pending": 0}
+    assert mailer_json == {
+        "name": "mailer",
+        "pending": 0,
+        "lag": 0,
+        "last_delivered": last,
+        "dead_letters": 2,
+    }
+    assert (audit_json["name"], audit_json["dead_letters"]) == ("audit", 0)
+    assert [member["name"] for member in audit_json["members"]] == members[0]
+
+
+def test_groups_says_when_no_group_reads_the_channel(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    nothing = (0, "", "no groups read auth.logged-in\n")
+    assert on_test_bus("groups", "auth.logged-in") == nothing  # not even a history
+    Replays(make_bus)  # a broadcast receiver is in no group
+    logged_in(make_bus, 1)
+    assert on_test_bus("groups", "auth.logged-in") == nothing
+    assert on_test_bus("groups", "auth.logged-in", "--json") == nothing
+
+
+def test_dead_letters_lists_what_a_group_gave_up_on_oldest_first(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    mailer = Mailer(make_bus)
+    letters = mailer.fail(make_bus, 2)
+    kept = [event.stream_id for event in mailer.signal.history()]
+    code, out, err = on_test_bus("dead-letters", "auth.logged-in", "--group", "mailer")
+    assert (code, err) == (0, "2 dead letters of group mailer on auth.logged-in\n")
+    lines = out.splitlines()
+    assert len(lines) == 4
+    for n, (letter, stream_id, header, event) in enumerate(
+        zip(letters, kept, lines[::2], lines[1::2], strict=True)
+    ):
+        failed = datetime.datetime.fromtimestamp(letter.failed_at)
+        assert header == (
+            f"{letter.id}  attempts=1  failed={failed:%Y-%m-%d %H:%M:%S.%f}"[:-3]
+            + f"  consumer={mailer.member}  error='{MAIL_SERVER_DOWN}'"
+        )
+        assert re.fullmatch(
+            rf"  {stream_id}  \d\d:\d\d:\d\d\.\d{{3}}  auth\.logged-in  sender='web'  "
+            rf"origin=\S+:{os.getpid()}  n={n}",
+            event,
+        )
+
+    # --id without --requeue lists those dead letters only.
+    code, out, err = on_test_bus(
+        "dead-letters", "auth.logged-in", "--group", "mailer", "--id", letters[1].id
+    )
+    assert (code, err) == (0, "1 dead letter of group mailer on auth.logged-in\n")
+    header, event = out.splitlines()
+    assert header.startswith(f"{letters[1].id}  attempts=1  ") and event.endswith("  n=1")
+
+
+def test_dead_letters_json_has_the_event_as_history_shows_it(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    mailer = Mailer(make_bus)
+    letters = mailer.fail(make_bus, 2)
+    code, out, err = on_test_bus("dead-letters", "auth.logged-in", "--group", "mailer", "--json")
+    assert (code, err) == (0, "2 dead letters of group mailer on auth.logged-in\n")
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert set(listed[0]) == {"id", "attempts", "error", "failed_at", "consumer", "event"}
+    assert [(d["id"], d["attempts"], d["error"], d["consumer"]) for d in listed] == [
+        (letter.id, 1, MAIL_SERVER_DOWN, mailer.member) for letter in letters
+    ]
+    assert [datetime.datetime.fromisoformat(d["failed_at"]) for d in listed] == [
+        datetime.datetime.fromtimestamp(letter.failed_at, datetime.UTC) for letter in letters
+    ]
+    history = on_test_bus("history", "auth.logged-in", "--json")[1]
+    assert [d["event"] for d in listed] == [json.loads(line) for line in history.splitlines()]
+
+
+def test_requeue_gives_the_dead_letters_back_to_the_group(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    mailer = Mailer(make_bus)
+    mailer.fail(make_bus, 2)
+    mailer.failing.clear()  # the mail server is back
+    code, out, err = on_test_bus("dead-letters", "auth.logged-in", "--group", "mailer", "--requeue")
+    assert (code, out, err) == (0, "requeued 2 events to group mailer\n", "")
+    wait_for(lambda: mailer.handled == [0, 1])
+    assert on_test_bus("dead-letters", "auth.logged-in", "--group", "mailer") == (
+        0,
+        "",
+        "0 dead letters of group mailer on auth.logged-in\n",
+    )
+
+
+def test_requeue_with_ids_gives_back_those_dead_letters_only(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    mailer = Mailer(make_bus)
+    letters = mailer.fail(make_bus, 2)
+    mailer.failing.clear()
+    code, out, err = on_test_bus(
+        *("dead-letters", "auth.logged-in", "--group", "mailer", "--requeue"),
+        *("--id", letters[1].id, "--id", "1-0"),
+    )
+    assert (code, out) == (0, "requeued 1 event to group mailer\n")
+    assert err == "1 id matched no dead letter\n"
+    wait_for(lambda: mailer.handled == [1])
+    code, out, _ = on_test_bus("dead-letters", "auth.logged-in", "--group", "mailer", "--json")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [letters[0].id]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ([], "Missing option '--group'"),
+        (["--group", "mailer", "--id", "12"], "Invalid value for '--id': '12' is not a dead"),
+        (["--group", "mailer", "--requeue", "--json"], "--json lists dead letters; it does not"),
+    ],
+)
+def test_dead_letters_usage_errors(
+    unreachable_url: str, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    code, out, err = run(
+        capsys, "--url", unreachable_url, "dead-letters", "auth.logged-in", *options
+    )
+    assert (code, out) == (2, "")
+    assert message in err
+
+
+def test_replay_into_a_group_reaches_that_group_alone(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    audit = Replays(make_bus, group="audit")
+    broadcast = Replays(make_bus)
+    signal = logged_in(make_bus, 2)
+    assert audit.wait(2) == broadcast.wait(2) == [(0, False), (1, False)]
+    code, out, err = on_test_bus(
+        "replay", "auth.logged-in", "--since", "0", "--group", "audit", "--dry-run"
+    )
+    assert (code, err) == (0, "")
+    assert out.startswith("would replay 2 events on auth.logged-in to group audit; 0 entries ")
+    code, out, err = on_test_bus("replay", "auth.logged-in", "--since", "0", "--group", "audit")
+    assert (code, err) == (0, "")
+    assert re.fullmatch(
+        r"replayed 2 events on auth\.logged-in to group audit in \d+\.\d\ds; "
+        r"0 entries skipped \(not events\)",
+        out.splitlines()[0],
+    )
+    assert audit.wait(4) == [(0, False), (1, False), (0, True), (1, True)]
+    signal.send("web", n=99)  # live: once both have it, they had all the replay gave them
+    assert audit.wait(5) == [(0, False), (1, False), (0, True), (1, True), (99, False)]
+    assert broadcast.wait(3) == [(0, False), (1, False), (99, False)]

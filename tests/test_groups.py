@@ -204,6 +204,8 @@ def test_a_replay_into_one_group_reaches_that_group_alone(make_bus: Callable[...
     wait_for(lambda: len(seen["audit"]) == 3 and len(seen["broadcast"]) == 3)
     assert seen["mailer"] == [(0, False), (1, False), (0, True), (1, True), (2, False)]
     assert seen["audit"] == seen["broadcast"] == [(0, False), (1, False), (2, False)]
+    with pytest.raises(signalbus.ArgumentError, match="no group 'mailers' reads it"):
+        signal.replay("0", group="mailers")
 
 
 def test_group_status_shows_members_pending_lag_and_dead_letters(
