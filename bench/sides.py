@@ -30,6 +30,7 @@ SIGNAL = "logged-in"
 SENDER = "bench"
 IP = "10.0.0.1"
 RAW_BATCH = 100
+LONG_HISTORY = signalbus.History(max_count=500_000)
 
 OnEvent = Callable[[dict[str, Any]], bool]
 """Gets each event's kwargs; returns True when it wants no more."""
@@ -195,6 +196,8 @@ SIDES: dict[str, Side] = {
         RawSide(),
         BusSide(),
         BusSide("signalbus-no-history", history=False),
-        BusSide("signalbus-group", group="bench"),
+        # (e): a burst outruns a group, so both sides keep enough history for all of it.
+        BusSide("signalbus-long-history", history=LONG_HISTORY),
+        BusSide("signalbus-group", group="bench", history=LONG_HISTORY),
     )
 }
