@@ -51,6 +51,7 @@ _ACK_DELAY = 0.002
 # A member that holds nothing and has not read for this long is gone (its process
 # ended): it is removed from the group, so the group's status lists live members.
 _GONE_AFTER = 3600.0
+_MAX_ERRORS = 10_000  # last errors kept for dead letters, of events failing here
 _MAX_BACKOFF = 2.0
 
 
@@ -309,6 +310,8 @@ class GroupConsumer:
             self._handle(stream, envelope, entry_id, attempt)
         except Exception as exc:
             self._errors[(stream, entry_id)] = f"{type(exc).__name__}: {exc}"
+            if len(self._errors) > _MAX_ERRORS:  # failures another process took over
+                del self._errors[next(iter(self._errors))]
             self._stats.add("group_failures")
             self._log.warning(
                 f"group-failure:{self.group.name}",
