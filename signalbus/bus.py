@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+import blinker
 import redis
 
 from .codec import TOKEN_SIZE, Codec, Envelope, event_id
@@ -45,6 +46,7 @@ from .subscriber import Dispatcher, Subscriber, call
 from .transport import PublishConnection, SubscribeConnection, client_from_url, command_client
 
 if TYPE_CHECKING:
+    from .bridge import BridgedSignal
     from .signals import Signal
 
 __all__ = ["Bus", "configure", "default_bus"]
@@ -133,6 +135,7 @@ class Bus:
         self._groups: dict[str, Group] = {}
         self._group_signals: dict[str, dict[bytes, tuple[Signal, ...]]] = {}
         self._keys: dict[str, bytes] = {}
+        self._bridges: list[BridgedSignal] = []
         self._closed = False
         self._start_process_life()
         _live_buses.add(self)
@@ -335,6 +338,8 @@ class Bus:
                 return
             self._closed = True
         timeout = self.close_timeout if timeout is None else timeout
+        for bridged in self._bridges:
+            bridged.close()
         self._publisher.close(timeout)
         # The reader notices the stop within its poll interval, whatever the flush took.
         self._subscriber.close(1.0)
@@ -390,6 +395,28 @@ class Bus:
             else:
                 self._signals.pop(key, None)
             return bool(listening)
+
+    # -- bridges -------------------------------------------------------------------
+
+    def bridge(self, signal: blinker.Signal, channel: str | None = None) -> Signal:
+        """Carry an existing blinker ``signal`` (a library's, say) between processes.
+
+        Its sends in this process are published; events sent in other processes reach
+        its receivers here. ``channel`` defaults to ``module.attribute`` of the module
+        that defines it (see :func:`signalbus.bridge.default_channel`). Returns the
+        bus's side of it: its ``channel``, ``history()`` and ``replay()``.
+        """
+        from .bridge import BridgedSignal, default_channel
+        from .signals import Signal
+
+        if isinstance(signal, Signal):
+            raise ConfigurationError(f"{signal!r} is a signalbus signal already: no bridge needed")
+        if self._closed:
+            raise ConfigurationError("this bus is closed; make a new Bus to bridge signals")
+        bridged = BridgedSignal(signal, channel or default_channel(signal), self)
+        self._bridges.append(bridged)
+        self._watch([bridged])
+        return bridged
 
     # -- groups --------------------------------------------------------------------
 

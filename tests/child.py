@@ -5,11 +5,15 @@ exit after N events. ``send``: send N numbered events and exit without calling
 flush() or close(), so interpreter exit must publish them. ``group``: connect a
 receiver in group ``--group`` (taking ``--work`` seconds per event, or always raising
 with ``--fail``), print READY, then one JSON line per event handled, until stdin closes.
+``bridge``: bridge flask-login's ``user_logged_in``, connect a receiver to it, print
+READY, then one JSON line per event, until stdin closes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -61,6 +65,38 @@ def group(name: str, work: float, fail: bool, claim_idle: float) -> None:
         del line
 
 
+@dataclasses.dataclass
+class BridgeUser:
+    """A user as flask-login sends it, travelling as a dataclass."""
+
+    id: int
+
+
+def bridge() -> None:
+    from flask_login import user_logged_in
+
+    # Run as __main__, this file's BridgeUser is not the sender's tests.child.BridgeUser:
+    # load that one, so the user arrives as the same class.
+    importlib.import_module("tests.child")
+
+    bus = signalbus.bus.default_bus()
+    assert bus is not None
+    bus.bridge(user_logged_in)
+
+    def on_login(sender: Any, **kwargs: Any) -> None:
+        event = signalbus.current_event()
+        assert event is not None
+        user = kwargs["user"]
+        assert type(user).__name__ == "BridgeUser", user
+        line = {"sender": sender, "user": user.id, "remote": event.remote}
+        print(json.dumps(line), flush=True)
+
+    user_logged_in.connect(on_login, weak=False)
+    print("READY", flush=True)
+    for line in sys.stdin:
+        del line
+
+
 def send(count: int) -> None:
     for n in range(count):
         logged_in.send("child", n=n)
@@ -68,7 +104,7 @@ def send(count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["listen", "send", "group"])
+    parser.add_argument("role", choices=["listen", "send", "group", "bridge"])
     parser.add_argument("url")
     parser.add_argument("prefix")
     parser.add_argument("count", type=int)
@@ -81,6 +117,8 @@ def main() -> None:
     signalbus.configure(args.url, prefix=args.prefix, close_timeout=args.close_timeout)
     if args.role == "group":
         group(args.group, args.work, args.fail, args.claim_idle)
+    elif args.role == "bridge":
+        bridge()
     else:
         {"listen": listen, "send": send}[args.role](args.count)
 
