@@ -8,6 +8,7 @@ keeps the receivers it inherited, and does not publish what its parent had queue
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import itertools
 import os
@@ -16,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -73,6 +75,9 @@ class Bus:
     - ``history``: how long signals keep their events (:class:`~signalbus.History`,
       ``True`` for its defaults, ``False`` for none); a namespace or a signal may say
       otherwise.
+    - ``receiver_context``: makes the context manager that receivers of events from
+      other processes, and group receivers, run inside (the Flask extension passes
+      ``app.app_context``).
 
     Threads start on first use. A bus is a context manager; ``close()`` flushes.
     """
@@ -92,6 +97,7 @@ class Bus:
         dispatch_backlog: int = 10_000,
         close_timeout: float = 5.0,
         history: HistoryOption = True,
+        receiver_context: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         if queue_full not in QUEUE_FULL_POLICIES:
             raise ConfigurationError(
@@ -128,6 +134,7 @@ class Bus:
             block_timeout=block_timeout,
         )
         self._dispatch_backlog = dispatch_backlog
+        self._receiver_context = receiver_context
         # Signals with receivers, by channel key; replaced, never mutated, so the reader
         # and dispatcher threads read it without a lock.
         self._signals: dict[bytes, tuple[Signal, ...]] = {}
@@ -169,7 +176,14 @@ class Bus:
             log=log,
             stopping=stopping,
         )
-        dispatcher = Dispatcher(self.codec, self._signals_for, recovery, stats=self._stats, log=log)
+        dispatcher = Dispatcher(
+            self.codec,
+            self._signals_for,
+            recovery,
+            stats=self._stats,
+            log=log,
+            context=self._receiver_context,
+        )
         self._subscriber = Subscriber(
             SubscribeConnection(self.client),
             dispatcher,
@@ -495,10 +509,11 @@ class Bus:
         )
         token = _current.set(event)
         try:
-            for signal in signals:
-                if signal.channel == envelope.channel:
-                    for receiver in signal.group_receivers_for(name, envelope.sender):
-                        call(receiver, envelope.sender, envelope.kwargs)
+            with self._receiver_context() if self._receiver_context else contextlib.nullcontext():
+                for signal in signals:
+                    if signal.channel == envelope.channel:
+                        for receiver in signal.group_receivers_for(name, envelope.sender):
+                            call(receiver, envelope.sender, envelope.kwargs)
         finally:
             _current.reset(token)
 
@@ -512,6 +527,13 @@ class Bus:
     def _requeue(self, signal: Signal, group: str, ids: Collection[str] | None) -> int:
         dead = dead_letter_key(self.prefix, signal.channel, group)
         return requeue(self.client, dead, retry_key(self.prefix, signal.channel, group), ids)
+
+    def _stop_receiving(self) -> None:
+        """Stop receiving in this process (a server's master, which forked the workers
+        that receive); it can still send."""
+        self._subscriber.close(1.0)
+        for consumer in list(self._consumers.values()):
+            consumer.join(1.0)
 
     def _after_fork_in_child(self) -> None:
         self._start_process_life()

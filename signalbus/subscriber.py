@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from . import event as event_module
@@ -310,10 +311,12 @@ class Dispatcher:
         *,
         stats: Stats,
         log: ThrottledLog,
+        context: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self._codec = codec
         self._signals_for = signals_for
         self._recovery = recovery
+        self._context = context
         self._stats = stats
         self._log = log
 
@@ -348,10 +351,17 @@ class Dispatcher:
                 return
         token = event_module._current.set(envelope.remote_event)
         try:
-            for signal in signals:
-                self._run_receivers(signal, envelope)
+            if self._context is None:
+                self._run_signals(signals, envelope)
+            else:
+                with self._context():
+                    self._run_signals(signals, envelope)
         finally:
             event_module._current.reset(token)
+
+    def _run_signals(self, signals: Sequence[Signal], envelope: Envelope) -> None:
+        for signal in signals:
+            self._run_receivers(signal, envelope)
 
     def _skip(self, channel_key: bytes, why: str) -> None:
         self._stats.add("invalid")
