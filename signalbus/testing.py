@@ -6,6 +6,10 @@ The server is the system ``redis-server`` when there is one (or the binary named
 files in a temporary folder, and can be stopped and started again on the same port,
 which is what fault tests need; a :class:`Proxy` in front of it cuts one process off,
 and a :class:`Ledger` checks what a receiver saw against what was sent.
+
+For applications' own tests: :func:`capture` records what a signal delivers, and the
+pytest plugin (:mod:`signalbus.pytest_plugin`, loaded by pytest once signalbus is
+installed) gives fixtures for a bus on a private server or on fakeredis.
 """
 
 from __future__ import annotations
@@ -22,12 +26,23 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
+import blinker
 import redis
 
-__all__ = ["Ledger", "Proxy", "RedisServer", "find_redis_server"]
+from .event import Event, current_event
+
+__all__ = [
+    "Captured",
+    "CapturedEvent",
+    "Ledger",
+    "Proxy",
+    "RedisServer",
+    "capture",
+    "find_redis_server",
+]
 
 
 def find_redis_server() -> str:
@@ -280,3 +295,55 @@ class Ledger:
         seen once, in order."""
         if self.seen != list(range(sent)):
             raise AssertionError(self.report(sent))
+
+
+class CapturedEvent(NamedTuple):
+    """One delivery of a captured signal."""
+
+    sender: Any
+    kwargs: dict[str, Any]
+    event: Event | None
+    """What ``current_event()`` said: id, origin, remote, replayed... (None for a send
+    on a signal without a bus)."""
+
+
+class Captured:
+    """The deliveries :func:`capture` recorded, in order; :meth:`wait` for more."""
+
+    def __init__(self) -> None:
+        self.events: list[CapturedEvent] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, sender: Any, **kwargs: Any) -> None:
+        with self._changed:
+            self.events.append(CapturedEvent(sender, kwargs, current_event()))
+            self._changed.notify_all()
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def wait(self, count: int = 1, timeout: float = 10.0) -> list[CapturedEvent]:
+        """The deliveries once there are ``count``; AssertionError after ``timeout``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.events) >= count, timeout):
+                raise AssertionError(
+                    f"{len(self.events)} of {count} events within {timeout}s: {self.events}"
+                )
+            return list(self.events)
+
+
+@contextlib.contextmanager
+def capture(signal: blinker.Signal, sender: Any = None) -> Iterator[Captured]:
+    """Record what ``signal`` delivers in this process while the block runs, local sends
+    and events from other processes alike, with their metadata::
+
+        with capture(user_logged_in) as captured:
+            client.post("/login/1")
+        (login,) = captured.wait(1)
+        assert login.kwargs["user"].id == 1 and not login.event.remote
+
+    ``sender`` narrows it to one sender, as ``connect(..., sender=)`` does.
+    """
+    captured = Captured()
+    with signal.connected_to(captured, sender=blinker.ANY if sender is None else sender):
+        yield captured
