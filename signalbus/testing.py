@@ -337,10 +337,13 @@ def capture(signal: blinker.Signal, sender: Any = None) -> Iterator[Captured]:
     """Record what ``signal`` delivers in this process while the block runs, local sends
     and events from other processes alike, with their metadata::
 
-        with capture(user_logged_in) as captured:
-            client.post("/login/1")
-        (login,) = captured.wait(1)
-        assert login.kwargs["user"].id == 1 and not login.event.remote
+        with capture(order_paid) as captured:
+            client.post("/orders/1/pay")
+        (paid,) = captured.wait(1)
+        assert paid.kwargs["order_id"] == 1 and not paid.event.remote
+
+    A bridged library signal (``bus.bridge``) sent in this process is blinker's own
+    send, so ``event`` is None for it here; from other processes it has the metadata.
 
     ``sender`` narrows it to one sender, as ``connect(..., sender=)`` does.
     """
