@@ -15,6 +15,7 @@ from .errors import (
     PublishError,
     SignalBusError,
     TransportError,
+    ValidationError,
 )
 from .event import Event, current_event
 from .groups import Group
@@ -39,6 +40,7 @@ __all__ = [
     "Signal",
     "SignalBusError",
     "TransportError",
+    "ValidationError",
     "configure",
     "current_event",
     "history_gap",

@@ -43,6 +43,7 @@ from .history import read as read_history
 from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .recovery import Recovery
 from .replay import ReplayReport, replay, to_group, to_subscribers
+from .schema import validated
 from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber, call
 from .transport import PublishConnection, SubscribeConnection, client_from_url, command_client
@@ -512,8 +513,11 @@ class Bus:
             with self._receiver_context() if self._receiver_context else contextlib.nullcontext():
                 for signal in signals:
                     if signal.channel == envelope.channel:
+                        kwargs = envelope.kwargs
+                        if signal.schema is not None:
+                            kwargs = validated(signal.schema, signal.channel, kwargs)
                         for receiver in signal.group_receivers_for(name, envelope.sender):
-                            call(receiver, envelope.sender, envelope.kwargs)
+                            call(receiver, envelope.sender, kwargs)
         finally:
             _current.reset(token)
 

@@ -3,6 +3,7 @@
     SignalBusError                  catch this to catch anything signalbus raises
     ├── ConfigurationError          a bad URL, option or registration, or a closed bus
     ├── ArgumentError               a bad argument to a call, such as a time for history()
+    ├── ValidationError             send(): the arguments do not fit the signal's schema
     ├── EncodingError               send(): a value cannot cross processes; nothing was delivered
     │   └── MessageTooLargeError    send(): the encoded event is over max_message_size
     ├── DecodingError               bytes on a channel are not an event (logged, counted, skipped)
@@ -23,6 +24,7 @@ __all__ = [
     "PublishError",
     "SignalBusError",
     "TransportError",
+    "ValidationError",
 ]
 
 
@@ -36,6 +38,15 @@ class ConfigurationError(SignalBusError):
 
 class ArgumentError(SignalBusError, ValueError):
     """A call was given an argument it cannot use (it is also a :class:`ValueError`)."""
+
+
+class ValidationError(SignalBusError, ValueError):
+    """The arguments of an event do not fit its signal's schema (a pydantic model).
+
+    Raised by ``send()`` before anything is delivered; the message names the signal and
+    each failing field with pydantic's own words. An event from another process that
+    does not fit is logged, counted and not delivered instead.
+    """
 
 
 class EncodingError(SignalBusError, TypeError):

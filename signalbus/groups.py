@@ -27,7 +27,7 @@ from typing import Any, Literal, NamedTuple, cast
 import redis
 
 from .codec import Codec, Envelope
-from .errors import ConfigurationError, DecodingError
+from .errors import ConfigurationError, DecodingError, ValidationError
 from .event import Event
 from .history import as_event, decoded, entries
 from .stats import Stats, ThrottledLog, logger
@@ -308,6 +308,11 @@ class GroupConsumer:
             return False
         try:
             self._handle(stream, envelope, entry_id, attempt)
+        except ValidationError as exc:  # no try will make it fit: dead letters at once
+            self._errors[(stream, entry_id)] = str(exc)
+            self._stats.add("invalid")
+            self._dead_letter(stream, streams[stream], entry_id, fields, attempt)
+            return False
         except Exception as exc:
             self._errors[(stream, entry_id)] = f"{type(exc).__name__}: {exc}"
             if len(self._errors) > _MAX_ERRORS:  # failures another process took over

@@ -21,6 +21,7 @@ from .event import Event, _current
 from .groups import DeadLetter, Group, GroupStatus, as_group
 from .history import HistoryOption, Keep, TimeBound
 from .replay import ReplayReport
+from .schema import check_schema, validated
 
 __all__ = ["Namespace", "Signal"]
 
@@ -56,6 +57,7 @@ class Signal(blinker.NamedSignal):
         namespace: str | None = None,
         bus: bus_module.Bus | None = None,
         history: HistoryOption = None,
+        schema: type | None = None,
         **options: t.Any,
     ) -> None:
         _check_options(name, options)
@@ -64,6 +66,10 @@ class Signal(blinker.NamedSignal):
         super().__init__(name, doc)
         self.namespace = namespace if namespace is not None else _caller_module(1)
         self.channel = f"{self.namespace}.{name}"
+        if schema is not None:
+            check_schema(schema, self.channel)
+        self.schema = schema
+        """The pydantic model the arguments must fit (see :mod:`signalbus.schema`), or None."""
         self._bus = bus
         self.history_option = history
         """This signal's own say on history; ``None`` leaves it to its namespace, then bus."""
@@ -271,6 +277,8 @@ class Signal(blinker.NamedSignal):
         | None = None,
         **kwargs: t.Any,
     ) -> list[tuple[c.Callable[..., t.Any], t.Any]]:
+        if self.schema is not None:
+            kwargs = validated(self.schema, self.channel, kwargs)
         bus = self._bus or bus_module._default  # self.bus, without a call on the hot path
         if bus is None:
             return super().send(sender, _async_wrapper=_async_wrapper, **kwargs)
@@ -296,6 +304,8 @@ class Signal(blinker.NamedSignal):
         | None = None,
         **kwargs: t.Any,
     ) -> list[tuple[c.Callable[..., t.Any], t.Any]]:
+        if self.schema is not None:
+            kwargs = validated(self.schema, self.channel, kwargs)
         bus = self.bus
         if bus is None:
             return await super().send_async(sender, _sync_wrapper=_sync_wrapper, **kwargs)
@@ -335,15 +345,19 @@ class Namespace(blinker.Namespace):
         """The signal called ``name``, made on first use (as blinker).
 
         ``history=`` (a :class:`~signalbus.History`, ``True`` or ``False``) overrides
-        the namespace's and the bus's retention for this signal.
+        the namespace's and the bus's retention for this signal; ``schema=`` (a pydantic
+        model) checks and types its arguments (see :mod:`signalbus.schema`).
         """
         history = options.pop("history", None)
+        schema = options.pop("schema", None)
         _check_options(name, options)
         try:
             existing = self[name]
         except KeyError:
             if history is None:
                 history = self.history
-            created = Signal(name, doc, namespace=self.name, bus=self.bus, history=history)
+            created = Signal(
+                name, doc, namespace=self.name, bus=self.bus, history=history, schema=schema
+            )
             return t.cast(Signal, self.setdefault(name, created))
         return t.cast(Signal, existing)

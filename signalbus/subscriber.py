@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import event as event_module
 from .codec import ENVELOPE_TAIL, REPLAY_HEAD, Codec, Envelope
-from .errors import DecodingError, TransportError
+from .errors import DecodingError, TransportError, ValidationError
 from .handoff import Handoff
 from .recovery import Recovery
+from .schema import validated
 from .stats import Stats, ThrottledLog
 from .transport import SubscribeConnection
 
@@ -376,6 +377,15 @@ class Dispatcher:
         if signal.is_muted:
             return
         sender, kwargs = envelope.sender, envelope.kwargs
+        if signal.schema is not None:
+            try:
+                kwargs = validated(signal.schema, signal.channel, kwargs)
+            except ValidationError as exc:  # an older or newer sender, or a forger
+                self._stats.add("invalid")
+                self._log.warning(
+                    f"schema:{signal.channel}", "event %s not delivered: %s", envelope.id, exc
+                )
+                return
         for receiver in signal.receivers_for(sender):
             if envelope.replayed and not signal.takes_replays(receiver):
                 continue
