@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +44,7 @@ from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .recovery import Recovery
 from .replay import ReplayReport, replay, to_group, to_subscribers
 from .schema import validated
+from .signing import SIGNED_OFFSET, Signer, keys_from_environment
 from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber, call
 from .transport import PublishConnection, SubscribeConnection, client_from_url, command_client
@@ -79,6 +80,9 @@ class Bus:
     - ``receiver_context``: makes the context manager that receivers of events from
       other processes, and group receivers, run inside (the Flask extension passes
       ``app.app_context``).
+    - ``signing_keys``: sign every event with the first key, accept events signed with
+      any (default ``$SIGNALBUS_SIGNING_KEYS``, comma-separated; see
+      :mod:`signalbus.signing`).
 
     Threads start on first use. A bus is a context manager; ``close()`` flushes.
     """
@@ -99,6 +103,7 @@ class Bus:
         close_timeout: float = 5.0,
         history: HistoryOption = True,
         receiver_context: Callable[[], AbstractContextManager[object]] | None = None,
+        signing_keys: Sequence[str | bytes] | None = None,
     ) -> None:
         if queue_full not in QUEUE_FULL_POLICIES:
             raise ConfigurationError(
@@ -127,7 +132,8 @@ class Bus:
         self.history = history
         self.subscribe_timeout = subscribe_timeout
         self.close_timeout = close_timeout
-        self.codec = Codec(max_message_size=max_message_size)
+        signer = Signer(keys_from_environment() if signing_keys is None else signing_keys)
+        self.codec = Codec(max_message_size=max_message_size, signer=signer)
         self._publisher_options: dict[str, Any] = dict(
             synchronous=synchronous,
             queue_size=queue_size,
@@ -136,6 +142,7 @@ class Bus:
         )
         self._dispatch_backlog = dispatch_backlog
         self._receiver_context = receiver_context
+        self._signs = self.codec.signer.signs
         # Signals with receivers, by channel key; replaced, never mutated, so the reader
         # and dispatcher threads read it without a lock.
         self._signals: dict[bytes, tuple[Signal, ...]] = {}
@@ -190,6 +197,7 @@ class Bus:
             dispatcher,
             self._is_wanted,
             self._token,
+            envelope_offset=SIGNED_OFFSET if self._signs else 0,
             locate=recovery.locate,
             stats=self._stats,
             log=log,
@@ -255,6 +263,8 @@ class Bus:
                 timestamp=timestamp,
                 origin=self.origin,
             )
+            if self._signs:
+                data = self.codec.signer.sign(data)
             self._publisher.submit((route[1], data, route[2]), channel, timestamp)
         return Event(event_id(self._token_hex, seq), channel, self.origin, timestamp, False)
 

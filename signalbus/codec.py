@@ -38,6 +38,9 @@ import msgpack
 from .errors import ConfigurationError, DecodingError, EncodingError, MessageTooLargeError
 from .event import Event
 
+if t.TYPE_CHECKING:
+    from .signing import Signer
+
 __all__ = ["ENVELOPE_VERSION", "Codec", "Envelope"]
 
 ENVELOPE_VERSION = 1
@@ -162,8 +165,11 @@ class Codec:
     to inherit held); encoding and decoding share no state but the registries.
     """
 
-    def __init__(self, *, max_message_size: int) -> None:
+    def __init__(self, *, max_message_size: int, signer: Signer | None = None) -> None:
+        from .signing import Signer  # it builds on this module's envelope layout
+
         self.max_message_size = max_message_size
+        self.signer = signer if signer is not None else Signer(())
         self._sender_names: dict[int, str] = {}
         self._senders_by_name: dict[str, Any] = {}
         self._types_by_class: dict[type, _RegisteredType] = {}
@@ -350,12 +356,19 @@ class Codec:
 
     # -- decoding -----------------------------------------------------------------
 
-    def decode(self, data: bytes) -> Envelope:
-        """The event in ``data``; raises :class:`DecodingError` for anything else."""
+    def decode(self, data: bytes, *, stored: bool = False) -> Envelope:
+        """The event in ``data``; raises :class:`DecodingError` for anything else.
+
+        Its signature is checked first when the bus has signing keys; ``stored``
+        requires the eight-field form that history keeps.
+        """
         if len(data) > self.max_message_size:
             raise DecodingError(
                 f"message of {len(data)} bytes is over max_message_size ({self.max_message_size})"
             )
+        data = self.signer.open(data)
+        if stored and not data.startswith(ENVELOPE_HEAD):
+            raise DecodingError("not an event of eight fields, as history keeps them")
         if not (data[:1] and data[0] in _ARRAY_SIZES and data.startswith(ENVELOPE_TAIL, 1)):
             raise DecodingError("not a signalbus envelope (or an unknown version)")
         try:

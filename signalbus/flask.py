@@ -58,6 +58,7 @@ _BUS_OPTIONS = (
     "dispatch_backlog",
     "close_timeout",
     "history",
+    "signing_keys",
 )
 
 

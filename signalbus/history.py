@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 
 import redis
 
-from .codec import ENVELOPE_HEAD, Codec, Envelope
+from .codec import Codec, Envelope
 from .errors import ArgumentError, ConfigurationError, DecodingError
 from .event import Event
 from .stats import logger
@@ -99,7 +99,7 @@ def stream_key(prefix: str, channel: str) -> bytes:
 
 # KEYS are the streams of the batch. ARGV holds, per stream in KEYS order, its max
 # count and min id ("0": no age limit); then, per event, its stream's index (0: not
-# kept), its channel and its envelope. Errors are returned per event (pcall), so one
+# kept), its channel and its envelope (signed or not). Errors are returned per event (pcall), so one
 # refused event never undoes or stops the others. Each stream is trimmed once per
 # batch, after its events; the reply is {results per event, warnings}.
 #
@@ -177,7 +177,10 @@ for a = 2 * streams + 1, #ARGV, 3 do
   else
     result = redis.pcall('XADD', KEYS[s], '*', 'e', event)
     if type(result) ~= 'table' then
-      local kept = string.char(0x99) .. string.sub(event, 2) .. cmsgpack.pack(result)
+      local at = 1
+      if string.byte(event, 1) == 0xc4 then at = 35 end  -- after a signature
+      local kept = string.sub(event, 1, at - 1) .. string.char(0x99)
+        .. string.sub(event, at + 1) .. cmsgpack.pack(result)
       result = redis.pcall('PUBLISH', channel, kept)
     end
   end
@@ -275,9 +278,7 @@ def decoded(
     for entry_id, fields in found:
         data = fields.get(b"e", b"")
         try:
-            if not data.startswith(ENVELOPE_HEAD):  # as the publish script keeps events
-                raise DecodingError("not an event of eight fields")
-            envelope = codec.decode(data)
+            envelope = codec.decode(data, stored=True)
         except DecodingError as exc:
             logger.warning("skipped history entry %s of %r: %s", entry_id, channel, exc)
             on_skip()

@@ -24,6 +24,7 @@ from .codec import REPLAY_HEAD, Codec, Envelope
 from .errors import ArgumentError, PublishError
 from .event import Event
 from .history import Fields, TimeBound, as_event, check_limit, decoded, entries, entry_bound
+from .signing import SIGNATURE_HEAD, SIGNED_OFFSET
 
 if TYPE_CHECKING:
     from .signals import Signal
@@ -53,8 +54,12 @@ class ReplayReport:
 
 
 def replay_message(entry: bytes, stream_id: str) -> bytes:
-    """The message that replays a kept ``entry`` (eight fields, as history keeps them)."""
-    return b"".join((bytes([REPLAY_HEAD]), entry[1:], msgpack.packb(stream_id), _REPLAY_MARK))
+    """The message that replays a kept ``entry`` (eight fields, as history keeps them,
+    after its signature if it has one)."""
+    at = SIGNED_OFFSET if entry.startswith(SIGNATURE_HEAD) else 0
+    return b"".join(
+        (entry[:at], bytes([REPLAY_HEAD]), entry[at + 1 :], msgpack.packb(stream_id), _REPLAY_MARK)
+    )
 
 
 Write = Callable[[Pipeline, Envelope, Fields], object]

@@ -61,6 +61,7 @@ class Subscriber:
         is_wanted: Callable[[bytes], bool],
         own_token: bytes,
         *,
+        envelope_offset: int = 0,
         locate: Callable[[Collection[bytes]], None],
         stats: Stats,
         log: ThrottledLog,
@@ -72,6 +73,7 @@ class Subscriber:
         self._dispatch = dispatch
         self._locate = locate
         self._own_tail = ENVELOPE_TAIL + own_token  # after the array's size: 8 or 9
+        self._envelope_at = envelope_offset  # after a signature, on a signing bus
         self._is_wanted = is_wanted
         self._stats = stats
         self._log = log
@@ -215,7 +217,8 @@ class Subscriber:
         self._heard = True
         if type(reply) is list and reply[0] == b"message":
             data = reply[2]
-            if data.startswith(self._own_tail, 1) and data[0] != REPLAY_HEAD:
+            at = self._envelope_at
+            if data.startswith(self._own_tail, at + 1) and data[at] != REPLAY_HEAD:
                 # our own event, delivered locally already
                 self._stats.own_skipped += 1
             else:

@@ -1,0 +1,99 @@
+"""Signed messages against a real server: keys that rotate, and unsigned, tampered and
+moved messages refused before anything is decoded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from signalbus import Bus, ConfigurationError, Namespace
+from signalbus.signing import SIGNATURE_HEAD
+
+from .helpers import Recorder, wait_for
+
+OLD, NEW = "old-key", b"new-key"
+
+
+def listen(bus: Bus, name: str = "logged-in") -> Recorder:
+    recorder = Recorder()
+    Namespace("auth", bus=bus).signal(name).connect(recorder, weak=False)
+    return recorder
+
+
+def send(bus: Bus, n: int, name: str = "logged-in") -> None:
+    Namespace("auth", bus=bus).signal(name).send("web", n=n)
+    assert bus.flush(10)
+
+
+def test_keys_rotate_without_downtime(make_bus: Callable[..., Bus]) -> None:
+    receiver_bus = make_bus(signing_keys=[NEW, OLD])  # knows both while keys change
+    recorder = listen(receiver_bus)
+    send(make_bus(signing_keys=[OLD]), 1)  # a process not yet moved on
+    send(make_bus(signing_keys=[NEW, OLD]), 2)  # one that has
+    assert recorder.wait(2) == [("web", {"n": 1}), ("web", {"n": 2})]
+    assert receiver_bus.stats()["invalid"] == 0
+
+
+def test_unsigned_and_wrongly_signed_events_are_dropped_and_counted(
+    make_bus: Callable[..., Bus], caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver_bus = make_bus(signing_keys=[NEW])
+    recorder = listen(receiver_bus)
+    send(make_bus(), 1)  # unsigned
+    send(make_bus(signing_keys=["someone else's"]), 2)
+    send(make_bus(signing_keys=[NEW]), 3)  # once this one is in, the others were refused
+    assert recorder.wait(1) == [("web", {"n": 3})]
+    wait_for(lambda: receiver_bus.stats()["invalid"] == 2)
+    # One warning for both: the log of refused messages cannot be flooded.
+    assert caplog.text.count("skipped a message") == 1 and "unsigned message" in caplog.text
+
+
+def test_a_tampered_or_moved_message_is_refused(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str
+) -> None:
+    receiver_bus = make_bus(signing_keys=[NEW])
+    on_login, on_logout = listen(receiver_bus), listen(receiver_bus, "logged-out")
+    sender_bus = make_bus(signing_keys=[NEW])
+    pubsub = raw.pubsub()
+    pubsub.subscribe(f"{prefix}auth.logged-in")
+    wait_for(lambda: pubsub.get_message(timeout=0.1))  # the subscription
+    send(sender_bus, 1)
+    message = wait_for(lambda: pubsub.get_message(timeout=0.1))["data"]
+    pubsub.close()
+    assert message.startswith(SIGNATURE_HEAD)
+    tampered = bytearray(message)
+    tampered[-20] ^= 1  # inside the signed part
+    raw.publish(f"{prefix}auth.logged-in", bytes(tampered))
+    raw.publish(f"{prefix}auth.logged-out", message)  # a signed login, moved
+    send(sender_bus, 2)
+    send(sender_bus, 3, "logged-out")
+    assert on_login.wait(2) == [("web", {"n": 1}), ("web", {"n": 2})]
+    assert on_logout.wait(1) == [("web", {"n": 3})]
+    wait_for(lambda: receiver_bus.stats()["invalid"] == 2)
+
+
+def test_history_and_replays_are_verified_the_same_way(make_bus: Callable[..., Bus]) -> None:
+    signed, unsigned = make_bus(signing_keys=[NEW]), make_bus()
+    send(unsigned, 0)  # kept, but not signed
+    send(signed, 1)
+    reader = Namespace("auth", bus=signed).signal("logged-in")
+    assert [event.kwargs for event in reader.history()] == [{"n": 1}]
+    recorder = listen(make_bus(signing_keys=[NEW]))
+    report = reader.replay("0")
+    assert (report.events, report.skipped) == (1, 1)
+    assert recorder.wait(1) == [("web", {"n": 1})]
+
+
+def test_signing_keys_must_be_usable(make_bus: Callable[..., Bus]) -> None:
+    with pytest.raises(ConfigurationError, match="signing keys"):
+        make_bus(signing_keys=[""])
+
+
+def test_keys_come_from_the_environment(
+    make_bus: Callable[..., Bus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIGNALBUS_SIGNING_KEYS", "new-key,old-key")
+    bus = make_bus()
+    assert bus.codec.signer.keys == [b"new-key", b"old-key"]
