@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -46,7 +47,7 @@ class Recorder:
 class Child:
     """A ``python -m tests.child`` process whose output is collected by threads."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.child", *args],
             stdin=subprocess.PIPE,
@@ -54,6 +55,7 @@ class Child:
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env=None if env is None else {**os.environ, **env},
         )
         self.lines: list[str] = []
         self._errors: list[str] = []

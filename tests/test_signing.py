@@ -11,7 +11,7 @@ import redis
 from signalbus import Bus, ConfigurationError, Namespace
 from signalbus.signing import SIGNATURE_HEAD
 
-from .helpers import Recorder, wait_for
+from .helpers import Child, Recorder, wait_for
 
 OLD, NEW = "old-key", b"new-key"
 
@@ -97,3 +97,22 @@ def test_keys_come_from_the_environment(
     monkeypatch.setenv("SIGNALBUS_SIGNING_KEYS", "new-key,old-key")
     bus = make_bus()
     assert bus.codec.signer.keys == [b"new-key", b"old-key"]
+
+
+def test_rotation_across_processes(
+    make_bus: Callable[..., Bus], redis_url: str, prefix: str
+) -> None:
+    """A process that took its keys from the environment, new first, hears the senders
+    still on the old key and those on the new one, and nobody else."""
+    listener = Child("listen", redis_url, prefix, "2", env={"SIGNALBUS_SIGNING_KEYS": "new,old"})
+    try:
+        listener.wait_ready()
+        send(make_bus(), 0)  # unsigned: refused
+        send(make_bus(signing_keys=["other"]), 1)  # someone else's key: refused
+        send(make_bus(signing_keys=["old"]), 2)
+        send(make_bus(signing_keys=["new", "old"]), 3)
+        wait_for(lambda: len(listener.events()) == 2)
+        assert [event["kwargs"]["n"] for event in listener.events()] == [2, 3]
+        assert listener.finish() == 0, listener.stderr()
+    finally:
+        listener.kill()
