@@ -367,9 +367,7 @@ class Bus:
             bridged.close()
         self._publisher.close(timeout)
         # The reader notices the stop within its poll interval, whatever the flush took.
-        self._subscriber.close(1.0)
-        for consumer in list(self._consumers.values()):
-            consumer.join(1.0)
+        self._stop_receiving()
         self._commands.close()
         if _default is self:
             _default = None

@@ -31,6 +31,7 @@ from .errors import ConfigurationError, DecodingError, ValidationError
 from .event import Event
 from .history import as_event, decoded, entries
 from .stats import Stats, ThrottledLog, logger
+from .transport import NETWORK_ERRORS, Backoff
 
 __all__ = [
     "DeadLetter",
@@ -42,7 +43,6 @@ __all__ = [
     "retry_key",
 ]
 
-_NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 _BLOCK_MS = 500
 _BATCH = 100
 # Handled events are acknowledged together, at the latest this long after the first of
@@ -52,7 +52,6 @@ _ACK_DELAY = 0.002
 # ended): it is removed from the group, so the group's status lists live members.
 _GONE_AFTER = 3600.0
 _MAX_ERRORS = 10_000  # last errors kept for dead letters, of events failing here
-_MAX_BACKOFF = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +159,7 @@ class GroupConsumer:
             thread.join(timeout)
 
     def _run(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(self._stopping)
         while not self._stopping.is_set():
             try:
                 streams = self._streams()
@@ -174,27 +173,25 @@ class GroupConsumer:
                 if time.monotonic() >= self._next_cleanup:
                     self._forget_gone_members(streams)
                 self._read_new(streams)
-                backoff = 0.05
-            except _NETWORK_ERRORS as exc:
+                backoff.reset()
+            except NETWORK_ERRORS as exc:
                 self._log.warning(
                     f"group:{self.group.name}",
                     "group %r cannot reach Redis: %s",
                     self.group.name,
                     exc,
                 )
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait()
             except Exception:
                 logger.exception("signalbus group %r: unexpected error; going on", self.group.name)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait()
 
     def prepare(self, streams: dict[bytes, bytes]) -> None:
         """Create the group on ``streams`` now, so that ``connect()`` returns with it in
         place; if Redis cannot be reached, the thread creates it later."""
         try:
             self._create_missing(streams)
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             self._log.warning(
                 f"group:{self.group.name}", "group %r cannot reach Redis: %s", self.group.name, exc
             )

@@ -34,7 +34,7 @@ from typing import Literal
 from .errors import PublishError, TransportError
 from .handoff import Handoff
 from .stats import Stats, ThrottledLog
-from .transport import Outgoing, PublishConnection
+from .transport import Backoff, Outgoing, PublishConnection
 
 __all__ = ["Publisher", "QueueFullPolicy"]
 
@@ -200,12 +200,13 @@ class Publisher:
                 self._thread.start()
 
     def _run(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(self._stopping, limit=self._max_backoff)
         while True:
             try:
                 if self._unanswered:
                     self._read_answers()
-                    backoff, self._healthy = 0.05, True
+                    backoff.reset()
+                    self._healthy = True
                 elif self._stopping.is_set() and not len(self._queue):
                     return
                 elif self._queue.wait(0.5, lambda: self._unanswered):
@@ -220,9 +221,8 @@ class Publisher:
                     exc_info=not isinstance(exc, TransportError),
                 )
                 self._requeue_unanswered()
-                if self._stopping.wait(backoff):
+                if backoff.wait():
                     return
-                backoff = min(backoff * 2, self._max_backoff)
 
     def _write_batch(self) -> None:
         # Taken under the write lock: a direct write, which checks that the queue is

@@ -27,6 +27,7 @@ from .codec import Codec, Envelope
 from .errors import TransportError
 from .history import decoded, entries
 from .stats import Stats, ThrottledLog
+from .transport import NETWORK_ERRORS, Backoff
 
 __all__ = ["Recovery", "history_gap"]
 
@@ -43,8 +44,6 @@ history_gap = blinker.NamedSignal(
 StreamId = tuple[int, int]
 _START: StreamId = (0, 0)  # before every entry: a stream that was empty or absent
 _NOWHERE: StreamId = (-1, -1)  # no position known
-_NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-_MAX_BACKOFF = 2.0
 
 MAX_SENDERS = 4096
 """Sending buses remembered per channel; past that, the half seen first is forgotten."""
@@ -160,7 +159,7 @@ class Recovery:
         if found is None:
             return
         channel, stream = found
-        backoff = 0.05
+        backoff = Backoff(self._stopping)
         while not self._stopping.is_set():
             position = self._position(channel_key)
             if position == _NOWHERE:  # never located, nothing dispatched: no place to resume
@@ -168,12 +167,11 @@ class Recovery:
             try:
                 yield from self._after(channel, stream, position)
                 return
-            except _NETWORK_ERRORS as exc:
+            except NETWORK_ERRORS as exc:
                 self._log.warning(
                     "catch-up", "cannot read the history of %r to catch up: %s", channel, exc
                 )
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait()
             except redis.ResponseError as exc:  # e.g. an ACL that forbids reading streams
                 self._gap(channel, position, None, f"Redis refused to read its history: {exc}")
                 return

@@ -35,7 +35,7 @@ from .handoff import Handoff
 from .recovery import Recovery
 from .schema import validated
 from .stats import Stats, ThrottledLog
-from .transport import SubscribeConnection
+from .transport import Backoff, SubscribeConnection
 
 if TYPE_CHECKING:
     from .signals import Signal
@@ -45,7 +45,6 @@ __all__ = ["Dispatcher", "Subscriber", "call"]
 logger = logging.getLogger("signalbus")
 
 _POLL = 0.25
-_MAX_BACKOFF = 2.0
 
 CATCH_UP = None
 """In place of a message: the channel was subscribed again after a reconnect."""
@@ -163,7 +162,7 @@ class Subscriber:
             self._conn.close()
 
     def _read_until_stopped(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(self._stopping)
         connected_before = False
         while not self._stopping.is_set():
             try:
@@ -171,7 +170,7 @@ class Subscriber:
                     self._connect(connected_before)
                     connected_before = True
                 self._read_one()
-                backoff = 0.05
+                backoff.reset()
             except TransportError as exc:
                 if self._stopping.is_set():
                     break
@@ -181,14 +180,12 @@ class Subscriber:
                     continue
                 self._give_up_waiting()
                 self._log.warning("unreachable", "cannot reach Redis to subscribe: %s", exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait()
             except Exception:
                 if self._stopping.is_set():
                     break
                 logger.exception("signalbus reader: unexpected error; going on")
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff.wait()
 
     def _connect(self, reconnecting: bool) -> None:
         with self._lock:

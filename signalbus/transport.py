@@ -24,9 +24,36 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import TransportError
 from .history import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
 
-__all__ = ["PublishConnection", "SubscribeConnection", "client_from_url", "command_client"]
+__all__ = [
+    "NETWORK_ERRORS",
+    "Backoff",
+    "PublishConnection",
+    "SubscribeConnection",
+    "client_from_url",
+    "command_client",
+]
 
-_NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What a connection raises when Redis is away or silent."""
+
+
+class Backoff:
+    """Doubling waits between tries against a failing Redis, cut short by ``stopping``."""
+
+    def __init__(self, stopping: threading.Event, first: float = 0.05, limit: float = 2.0) -> None:
+        self._stopping = stopping
+        self._first = self._delay = first
+        self._limit = limit
+
+    def wait(self) -> bool:
+        """Wait the current delay, then double it; True if the bus is stopping."""
+        stopped = self._stopping.wait(self._delay)
+        self._delay = min(self._delay * 2, self._limit)
+        return stopped
+
+    def reset(self) -> None:
+        """After a success: the next failure waits the first delay again."""
+        self._delay = self._first
 
 
 def client_from_url(url: str) -> redis.Redis:
@@ -126,7 +153,7 @@ class PublishConnection:
             buffer = b"".join(parts)
         try:
             self._conn.send_packed_command([buffer], check_health=False)
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
         self._script_loaded |= loads
         self._loads.append(loads)
@@ -163,7 +190,7 @@ class PublishConnection:
                 return [self._error_or_none(self._read_reply()) for _ in events]
             load_reply = self._read_reply() if loaded else None
             reply = self._read_reply()
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
         if isinstance(reply, NoScriptError):
             # The server's script cache was flushed: start again on a fresh connection.
@@ -220,7 +247,7 @@ class SubscribeConnection:
             try:
                 self._conn.connect()
                 self._write_unlocked(b"SUBSCRIBE", channels)
-            except (*_NETWORK_ERRORS, RedisError) as exc:
+            except (*NETWORK_ERRORS, RedisError) as exc:
                 self._conn.disconnect()
                 raise TransportError(f"cannot subscribe: {exc}") from exc
 
@@ -235,7 +262,7 @@ class SubscribeConnection:
                 return False
             try:
                 self._write_unlocked(command, channels)
-            except _NETWORK_ERRORS:
+            except NETWORK_ERRORS:
                 return False
             return True
 
@@ -262,7 +289,7 @@ class SubscribeConnection:
             return self._conn.read_response(disconnect_on_error=False)
         except ResponseError as exc:
             return exc
-        except (*_NETWORK_ERRORS, RedisError) as exc:
+        except (*NETWORK_ERRORS, RedisError) as exc:
             raise TransportError(f"subscriber connection lost: {exc}") from exc
 
     def close(self) -> None:
