@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import blinker
 import redis
 
+from .catalog import CatalogWriter, Definition, definition
 from .codec import TOKEN_SIZE, Codec, Envelope, event_id
 from .errors import ArgumentError, ConfigurationError
 from .event import Event, _current
@@ -83,6 +84,8 @@ class Bus:
     - ``signing_keys``: sign every event with the first key, accept events signed with
       any (default ``$SIGNALBUS_SIGNING_KEYS``, comma-separated; see
       :mod:`signalbus.signing`).
+    - ``catalog``: record the signals this bus carries in the catalog, for
+      ``signalbus ls`` (see :mod:`signalbus.catalog`).
 
     Threads start on first use. A bus is a context manager; ``close()`` flushes.
     """
@@ -104,6 +107,7 @@ class Bus:
         history: HistoryOption = True,
         receiver_context: Callable[[], AbstractContextManager[object]] | None = None,
         signing_keys: Sequence[str | bytes] | None = None,
+        catalog: bool = True,
     ) -> None:
         if queue_full not in QUEUE_FULL_POLICIES:
             raise ConfigurationError(
@@ -143,6 +147,7 @@ class Bus:
         self._dispatch_backlog = dispatch_backlog
         self._receiver_context = receiver_context
         self._signs = self.codec.signer.signs
+        self._records_catalog = catalog
         # Signals with receivers, by channel key; replaced, never mutated, so the reader
         # and dispatcher threads read it without a lock.
         self._signals: dict[bytes, tuple[Signal, ...]] = {}
@@ -172,7 +177,8 @@ class Bus:
             **self._publisher_options,
         )
         stopping = self._stopping = threading.Event()
-        self._commands = command_client(self.client)  # recovery and groups
+        self._commands = command_client(self.client)  # recovery, groups and the catalog
+        self._catalog = CatalogWriter(self._commands, self.prefix, self._describe)
         self._consumers: dict[str, GroupConsumer] = {}
         recovery = Recovery(
             self._commands,
@@ -235,6 +241,16 @@ class Bus:
         receiving process must register the same name to revive it.
         """
         self.codec.register_type(cls, encode, decode, name)
+
+    # -- the catalog -------------------------------------------------------------
+
+    def _define(self, signals: Iterable[Signal]) -> None:
+        """Record ``signals`` in the catalog (in the background), if this bus keeps it."""
+        if self._records_catalog and not self._closed:
+            self._catalog.record(signals)
+
+    def _describe(self, signal: Signal) -> Definition:
+        return definition(signal, resolve(signal.history_option, self.history), self.origin)
 
     # -- sending -----------------------------------------------------------------
 
@@ -366,6 +382,7 @@ class Bus:
         for bridged in self._bridges:
             bridged.close()
         self._publisher.close(timeout)
+        self._catalog.close(timeout)
         # The reader notices the stop within its poll interval, whatever the flush took.
         self._stop_receiving()
         self._commands.close()
@@ -587,8 +604,11 @@ def default_bus() -> Bus | None:
 
 
 def track_unbound(signal: Signal) -> None:
-    """Remember a signal that will use the default bus, to subscribe it once one exists."""
+    """Remember a signal that uses the default bus, to subscribe it once one exists,
+    and record it in the default bus's catalog."""
     _unbound.add(signal)
+    if _default is not None:
+        _default._define([signal])
 
 
 def configure(url: str | None = None, **options: Any) -> Bus:
@@ -603,6 +623,7 @@ def configure(url: str | None = None, **options: Any) -> Bus:
     if previous is not None:
         previous.close()
     unbound = list(_unbound)
+    bus._define(unbound)
     bus._watch([signal for signal in unbound if signal.receivers])
     for signal in unbound:
         for group in signal.groups():

@@ -1,6 +1,8 @@
 """The ``signalbus`` command, for operators::
 
     signalbus ping                              does the Redis server answer?
+    signalbus ls [--json]                       the signals: doc, schema, listeners, history
+    signalbus schema CHANNEL                    a signal's JSON Schema
     signalbus tail [PATTERN] [--json]           print the live events, one line each
     signalbus send CHANNEL [--sender S] K=V...  emit one event by hand
     signalbus history CHANNEL [--since T] ...   print the events a signal kept, oldest first
@@ -15,8 +17,10 @@ Every command takes ``--url`` (default ``$SIGNALBUS_URL``, else
 after the command's name. Exit codes: 0 done, 1 Redis unreachable or refused, 2 bad
 usage. ``tail`` is a read-only observer on a plain redis-py connection: it needs no
 bus, and decodes with the same codec receivers use, so what it calls skipped is what
-receivers skip. ``send``, ``history``, ``replay``, ``groups`` and ``dead-letters`` go
-through a ``Bus``, as applications do.
+receivers skip. ``ls`` and ``schema`` read the catalog (see :mod:`signalbus.catalog`).
+``send``, ``history``, ``replay``, ``groups`` and ``dead-letters`` go through a ``Bus``,
+as applications do, but one that leaves the catalog alone: naming a channel on the
+command line defines nothing.
 
 click and rich are imported here only; ``import signalbus`` never imports this module.
 """
@@ -35,7 +39,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 import redis
@@ -51,6 +55,7 @@ from rich.progress import (
 from rich.text import Text
 
 from .bus import DEFAULT_URL, Bus, _redacted
+from .catalog import Definition, Listing, catalog_key, listing
 from .codec import Codec, Envelope
 from .errors import (
     ArgumentError,
@@ -65,6 +70,7 @@ from .groups import DeadLetter, GroupStatus
 from .history import ENTRY_ID, TimeBound
 from .replay import ReplayReport
 from .signals import Namespace, Signal
+from .transport import glob_escape
 
 __all__ = ["cli", "main"]
 
@@ -286,6 +292,18 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, protocol=2, socket_connect_timeout=CONNECT_TIMEOUT)
 
 
+@contextlib.contextmanager
+def _redis(url: str) -> Iterator[redis.Redis]:
+    """A client on ``url``, closed on the way out; what Redis raises exits 1."""
+    client = _client(url)
+    try:
+        yield client
+    except redis.RedisError as exc:
+        raise _failure(url, exc) from None
+    finally:
+        client.close()
+
+
 # -- the commands --------------------------------------------------------------------------
 
 
@@ -304,18 +322,73 @@ def cli() -> None:
 @click.pass_obj
 def ping(settings: Settings) -> None:
     """Check that the Redis server answers."""
-    client = _client(settings.url)
-    try:
+    with _redis(settings.url) as client:
         info = client.info("server")
-    except redis.RedisError as exc:
-        raise _failure(settings.url, exc) from None
-    finally:
-        client.close()
     _console().print(f"{_shown(settings.url)}: Redis {info.get('redis_version', '?')} answers")
 
 
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+@cli.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per signal and line.")
+@_connection_options()
+@click.pass_obj
+def list_signals(settings: Settings, as_json: bool) -> None:
+    """List the signals defined on this Redis, as the buses that carry them recorded
+    them, with what Redis knows of each now.
+
+    For each signal: its schema's name, the processes subscribed to it now, the
+    events its history keeps, the groups reading it, and the first line of its doc.
+    A signal with history but no record (its definers predate the catalog, or record
+    none) is listed too. With --json, one object per signal and line, with the record
+    (JSON Schema included) under "definition".
+    """
+    with _redis(settings.url) as client:
+        found = listing(client, settings.prefix)
+    if not found:
+        _note(_console(stderr=True), "no signals recorded or kept here")
+    out = _console()
+    with _until_the_reader_leaves():
+        for entry in found:
+            if as_json:
+                click.echo(_json(dataclasses.asdict(entry)))
+            else:
+                out.print(_listing_line(entry))
+
+
+def _listing_line(entry: Listing) -> Text:
+    """The channel and its figures; the first line of its doc below, indented."""
+    found = entry.definition
+    line = _labelled(
+        Text(found.channel, style="bold cyan"),
+        {
+            "schema": found.schema_name or "-",
+            "subscribers": str(entry.subscribers),
+            "history": str(entry.history_length),
+            "groups": ",".join(entry.groups) or "-",
+        },
+    )
+    doc = (found.doc or "").strip().splitlines()
+    if doc:
+        line.append(f"\n  {doc[0]}", style="dim")
+    return line
+
+
+@cli.command(no_args_is_help=True)
+@click.argument("channel")
+@_connection_options()
+@click.pass_obj
+def schema(settings: Settings, channel: str) -> None:
+    """Print the JSON Schema of CHANNEL (namespace.signal), as recorded in the catalog."""
+    with _redis(settings.url) as client:
+        text = client.hget(catalog_key(settings.prefix), channel)
+    if text is None:
+        raise click.BadParameter(
+            f"no signal {channel!r} in the catalog (signalbus ls lists them)",
+            param_hint="CHANNEL",
+        )
+    found = Definition.from_json(channel, cast(bytes, text))
+    if found.schema is None:
+        raise click.BadParameter(f"signal {channel!r} has no schema", param_hint="CHANNEL")
+    click.echo(json.dumps(found.schema, indent=2, ensure_ascii=False))
 
 
 @cli.command()
@@ -363,7 +436,7 @@ class _Tail:
         self.client.close()
 
     def run(self, pattern: str, count: int | None) -> None:
-        full_pattern = _glob_escape(self.prefix) + pattern
+        full_pattern = glob_escape(self.prefix) + pattern
         try:
             self.pubsub.psubscribe(full_pattern)
         except redis.RedisError as exc:
@@ -456,7 +529,9 @@ def _signal(settings: Settings, channel: str, *, synchronous: bool = False) -> I
     library raises becomes a click error: exit 1 for Redis, 2 for bad usage."""
     namespace, name = _split_channel(channel)
     try:
-        with Bus(settings.url, prefix=settings.prefix, synchronous=synchronous) as bus:
+        with Bus(
+            settings.url, prefix=settings.prefix, synchronous=synchronous, catalog=False
+        ) as bus:
             yield Namespace(namespace, bus=bus).signal(name)
     except (redis.RedisError, TransportError) as exc:
         cause = _root_cause(exc)

@@ -80,6 +80,8 @@ class Signal(blinker.NamedSignal):
         self._groups: dict[str, tuple[Group, blinker.Signal]] = {}
         if bus is None:
             bus_module.track_unbound(self)
+        else:
+            bus._define([self])
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} {self.channel!r}>"

@@ -10,6 +10,7 @@ Both speak RESP2, where pub/sub messages are plain replies.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import time
 from collections import deque
@@ -31,6 +32,7 @@ __all__ = [
     "SubscribeConnection",
     "client_from_url",
     "command_client",
+    "glob_escape",
 ]
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -54,6 +56,11 @@ class Backoff:
     def reset(self) -> None:
         """After a success: the next failure waits the first delay again."""
         self._delay = self._first
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis glob pattern that matches it alone."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def client_from_url(url: str) -> redis.Redis:

@@ -15,6 +15,8 @@ import redis
 from signalbus import Bus
 from signalbus.testing import RedisServer
 
+from .helpers import run_cli
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -77,3 +79,11 @@ def own_server() -> Iterator[RedisServer]:
     """A server of this test's own, which it may stop and restart."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+def on_test_bus(
+    capsys: pytest.CaptureFixture[str], redis_url: str, prefix: str
+) -> Callable[..., tuple[int, str, str]]:
+    """``signalbus --url <the test server> --prefix <this test's> *args``, as ``run_cli``."""
+    return lambda *args: run_cli(capsys, "--url", redis_url, "--prefix", prefix, *args)

@@ -12,7 +12,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from signalbus.cli import main
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``signalbus *args``, run in this process: the exit code, stdout and stderr."""
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:

@@ -1,7 +1,7 @@
 """The ``signalbus`` command, against the real test server.
 
 ``send``, ``ping``, ``history``, ``replay``, ``groups`` and ``dead-letters`` run in this
-process through ``main()``;
+process through ``main()`` (``run_cli``);
 ``tail`` runs as a real ``python -m signalbus.cli`` process, so it can be interrupted and
 is always killed.
 """
@@ -36,19 +36,12 @@ from signalbus import (
     ReplayReport,
     Signal,
 )
-from signalbus.cli import _time, main
+from signalbus.cli import _time
 from signalbus.codec import Codec
 from signalbus.groups import DeadLetter
 from signalbus.testing import RedisServer
 
-from .helpers import ROOT, Recorder, wait_for
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``signalbus *args``: the exit code, stdout and stderr."""
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from .helpers import ROOT, Recorder, run_cli, wait_for
 
 
 def command_line(*args: str) -> list[str]:
@@ -127,7 +120,7 @@ def start_tail(raw: redis.Redis) -> Iterator[Callable[..., Tail]]:
 def test_ping_reports_a_reachable_server(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(capsys, "--url", redis_url, "ping")
+    code, out, _ = run_cli(capsys, "--url", redis_url, "ping")
     assert code == 0
     assert "answers" in out
 
@@ -135,7 +128,7 @@ def test_ping_reports_a_reachable_server(
 def test_ping_fails_clearly_when_the_server_is_unreachable(
     unreachable_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(capsys, "--url", unreachable_url, "ping")
+    code, _, err = run_cli(capsys, "--url", unreachable_url, "ping")
     assert code == 1
     assert "cannot reach" in err
 
@@ -157,7 +150,7 @@ def test_every_command_fails_in_one_line_without_the_password(
     unreachable_url: str, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
     url = unreachable_url.replace("redis://", "redis://ops:s3cret@")
-    code, out, err = run(capsys, *command, "--url", url)
+    code, out, err = run_cli(capsys, *command, "--url", url)
     assert code == 1
     assert out == ""
     assert err.count("\n") == 1
@@ -166,7 +159,7 @@ def test_every_command_fails_in_one_line_without_the_password(
 
 
 def test_a_malformed_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "--url", "localhost:6379", "ping")
+    code, _, err = run_cli(capsys, "--url", "localhost:6379", "ping")
     assert code == 2
     assert "not a Redis URL" in err
 
@@ -194,7 +187,7 @@ def test_send_delivers_an_event_with_parsed_values(
         "empty": "",
         "not_json": "{nope",
     }
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         *("--url", redis_url, "--prefix", prefix, "send", "auth.logged-in", "--sender", "web"),
         *(f"{key}={value}" for key, value in values.items()),
@@ -225,7 +218,9 @@ def test_send_splits_the_channel_at_its_last_dot_and_takes_options_after_the_com
 ) -> None:
     received = Recorder()
     Namespace("myapp.auth", bus=make_bus()).signal("logged-in").connect(received)
-    code, _, _ = run(capsys, "send", "myapp.auth.logged-in", "--url", redis_url, "--prefix", prefix)
+    code, _, _ = run_cli(
+        capsys, "send", "myapp.auth.logged-in", "--url", redis_url, "--prefix", prefix
+    )
     assert code == 0
     assert received.wait(1) == [(None, {})]
 
@@ -248,7 +243,7 @@ def test_commands_reject_a_channel_that_is_not_namespace_dot_signal(
     command: str,
     options: list[str],
 ) -> None:
-    code, out, err = run(capsys, "--url", unreachable_url, command, channel, *options)
+    code, out, err = run_cli(capsys, "--url", unreachable_url, command, channel, *options)
     assert (code, out) == (2, "")
     assert f"Invalid value for CHANNEL: {channel!r} is not <namespace>.<signal>" in err
 
@@ -265,7 +260,7 @@ def test_commands_reject_a_channel_that_is_not_namespace_dot_signal(
 def test_send_rejects_malformed_values(
     unreachable_url: str, capsys: pytest.CaptureFixture[str], values: list[str], message: str
 ) -> None:
-    code, _, err = run(capsys, "--url", unreachable_url, "send", "auth.logged-in", *values)
+    code, _, err = run_cli(capsys, "--url", unreachable_url, "send", "auth.logged-in", *values)
     assert code == 2
     assert message in err
 
@@ -452,14 +447,6 @@ def test_tail_reconnects_after_a_server_restart(own_server: RedisServer) -> None
 STREAM_ID = r"\d+-\d+"
 
 
-@pytest.fixture
-def on_test_bus(
-    capsys: pytest.CaptureFixture[str], redis_url: str, prefix: str
-) -> Callable[..., tuple[int, str, str]]:
-    """``signalbus --url <the test server> --prefix <this test's> *args``, as ``run``."""
-    return lambda *args: run(capsys, "--url", redis_url, "--prefix", prefix, *args)
-
-
 def logged_in(make_bus: Callable[..., Bus], count: int) -> Signal:
     """``auth.logged-in`` on a new bus, once it sent ``count`` events (n=0, 1...) kept."""
     bus = make_bus()
@@ -522,7 +509,7 @@ def test_a_bad_time_is_a_usage_error_naming_the_option_and_the_forms(
     unreachable_url: str, capsys: pytest.CaptureFixture[str], text: str, option: str, command: str
 ) -> None:
     since = [] if option == "--since" else ["--since", "0"]
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "--url", unreachable_url, command, "auth.logged-in", *since, option, text
     )
     assert (code, out) == (2, "")
@@ -612,7 +599,7 @@ def test_history_says_when_nothing_is_kept(
 def test_history_rejects_a_limit_under_one(
     unreachable_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "--url", unreachable_url, "history", "auth.logged-in", "--limit", "0"
     )
     assert code == 2
@@ -780,7 +767,7 @@ def test_replay_says_when_there_is_nothing_to_replay(
 
 
 def test_replay_needs_since(unreachable_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "--url", unreachable_url, "replay", "auth.logged-in")
+    code, out, err = run_cli(capsys, "--url", unreachable_url, "replay", "auth.logged-in")
     assert (code, out) == (2, "")
     assert "Missing option '--since'" in err
 
@@ -789,7 +776,7 @@ def test_replay_needs_since(unreachable_url: str, capsys: pytest.CaptureFixture[
 def test_replay_rejects_a_rate_that_is_not_a_positive_number(
     unreachable_url: str, capsys: pytest.CaptureFixture[str], rate: str
 ) -> None:
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "--url", unreachable_url, "replay", "auth.logged-in", "--since", "0", "--rate", rate
     )
     assert (code, out) == (2, "")
@@ -1019,7 +1006,7 @@ def test_requeue_with_ids_gives_back_those_dead_letters_only(
 def test_dead_letters_usage_errors(
     unreachable_url: str, capsys: pytest.CaptureFixture[str], options: list[str], message: str
 ) -> None:
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "--url", unreachable_url, "dead-letters", "auth.logged-in", *options
     )
     assert (code, out) == (2, "")
