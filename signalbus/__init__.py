@@ -14,6 +14,7 @@ from .errors import (
     MessageTooLargeError,
     PublishError,
     SignalBusError,
+    SubscribeError,
     TransportError,
     ValidationError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "ReplayReport",
     "Signal",
     "SignalBusError",
+    "SubscribeError",
     "TransportError",
     "ValidationError",
     "configure",

@@ -19,7 +19,7 @@ import typing as t
 
 import blinker
 
-from .errors import ConfigurationError, SignalBusError
+from .errors import ConfigurationError, SignalBusError, SubscribeError
 from .signals import Signal
 from .stats import logger
 
@@ -86,7 +86,11 @@ class BridgedSignal(Signal):
         self.original = original
         original.connect(self._publish_local, weak=False)
         # Keeps this process subscribed to the channel while the bridge stands.
-        super().connect(_placeholder, weak=False)
+        try:
+            super().connect(_placeholder, weak=False)
+        except SubscribeError:
+            self.close()
+            raise
 
     def receivers_for(self, sender: t.Any) -> c.Generator[c.Callable[..., t.Any], None, None]:
         """The original signal's receivers, but the bridge's own (none while it is muted)."""

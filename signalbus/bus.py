@@ -454,8 +454,7 @@ class Bus:
         if self._closed:
             raise ConfigurationError("this bus is closed; make a new Bus to bridge signals")
         bridged = BridgedSignal(signal, channel or default_channel(signal), self)
-        self._bridges.append(bridged)
-        self._watch([bridged])
+        self._bridges.append(bridged)  # subscribed already: it connected a receiver
         return bridged
 
     # -- groups --------------------------------------------------------------------

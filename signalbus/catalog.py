@@ -111,6 +111,7 @@ class CatalogWriter:
         self._pending: dict[str, Definition] = {}
         self._recorded: set[str] = set()
         self._thread: threading.Thread | None = None
+        self._unreachable = False  # the last write failed on the network
         self._log = ThrottledLog(interval=300.0)
 
     def record(self, signals: Iterable[Signal]) -> None:
@@ -127,9 +128,10 @@ class CatalogWriter:
                 self._thread.start()
 
     def close(self, timeout: float) -> None:
-        """Give what is pending up to ``timeout`` seconds to be written, then stop."""
+        """Give what is pending up to ``timeout`` seconds to be written (unless Redis
+        is unreachable: a closing bus does not wait for it), then stop."""
         thread = self._thread
-        if thread is not None:
+        if thread is not None and not self._unreachable:
             thread.join(timeout)
         self._closing.set()
 
@@ -144,6 +146,7 @@ class CatalogWriter:
             try:
                 self._write(batch)
             except NETWORK_ERRORS:
+                self._unreachable = True
                 if backoff.wait():
                     return
                 continue
@@ -152,6 +155,7 @@ class CatalogWriter:
                     "refused", "signalbus: the catalog was not updated: Redis refused: %s", exc
                 )
             backoff.reset()
+            self._unreachable = False
             with self._lock:
                 for done in batch:
                     if self._pending.get(done.channel) is done:

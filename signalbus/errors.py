@@ -8,7 +8,8 @@
     │   └── MessageTooLargeError    send(): the encoded event is over max_message_size
     ├── DecodingError               bytes on a channel are not an event (logged, counted, skipped)
     └── TransportError              Redis is unreachable or refused a command
-        └── PublishError            an event was not published (synchronous mode, or a full queue)
+        ├── PublishError            an event was not published (synchronous mode, or a full queue)
+        └── SubscribeError          Redis refused to subscribe to a channel (the user's ACL)
 
 Messages name the signal involved and say what to do about it.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "MessageTooLargeError",
     "PublishError",
     "SignalBusError",
+    "SubscribeError",
     "TransportError",
     "ValidationError",
 ]
@@ -71,3 +73,10 @@ class TransportError(SignalBusError):
 
 class PublishError(TransportError):
     """An event was not published: Redis failed in synchronous mode, or the queue was full."""
+
+
+class SubscribeError(TransportError):
+    """Redis refused to subscribe to a signal's channel: the Redis user's ACL lacks it.
+
+    Raised by ``connect()``, which then leaves the receiver unconnected.
+    """

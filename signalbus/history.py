@@ -99,8 +99,9 @@ def stream_key(prefix: str, channel: str) -> bytes:
 
 # KEYS are the streams of the batch. ARGV holds, per stream in KEYS order, its max
 # count and min id ("0": no age limit); then, per event, its stream's index (0: not
-# kept), its channel and its envelope (signed or not). Errors are returned per event (pcall), so one
-# refused event never undoes or stops the others. Each stream is trimmed once per
+# kept), its channel and its envelope (signed or not). Errors are returned per event
+# (pcall), so one refused event never undoes or stops the others; an event whose
+# PUBLISH is refused is taken out of its stream again. Each stream is trimmed once per
 # batch, after its events; the reply is {results per event, warnings}.
 #
 # Trimming respects consumer groups: nothing a group has not been given or not
@@ -175,13 +176,16 @@ for a = 2 * streams + 1, #ARGV, 3 do
   if s == 0 then
     result = redis.pcall('PUBLISH', channel, event)
   else
-    result = redis.pcall('XADD', KEYS[s], '*', 'e', event)
-    if type(result) ~= 'table' then
+    local id = redis.pcall('XADD', KEYS[s], '*', 'e', event)
+    result = id
+    if type(id) ~= 'table' then
       local at = 1
       if string.byte(event, 1) == 0xc4 then at = 35 end  -- after a signature
       local kept = string.sub(event, 1, at - 1) .. string.char(0x99)
-        .. string.sub(event, at + 1) .. cmsgpack.pack(result)
+        .. string.sub(event, at + 1) .. cmsgpack.pack(id)
       result = redis.pcall('PUBLISH', channel, kept)
+      -- refused (an ACL without the channel): not sent, so not kept either
+      if type(result) == 'table' then redis.call('XDEL', KEYS[s], id) end
     end
   end
   out[#out + 1] = result

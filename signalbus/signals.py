@@ -16,7 +16,7 @@ import blinker
 from blinker import _utilities as blinker_utilities
 
 from . import bus as bus_module
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SubscribeError
 from .event import Event, _current
 from .groups import DeadLetter, Group, GroupStatus, as_group
 from .history import HistoryOption, Keep, TimeBound
@@ -154,8 +154,9 @@ class Signal(blinker.NamedSignal):
 
         Returns once the server has confirmed the subscription (or the bus's
         ``subscribe_timeout`` passed, which is logged), so an event another process
-        sends right after is not missed. With ``replays=False`` the receiver never
-        gets replayed events.
+        sends right after is not missed. If Redis refuses the channel (the user's ACL
+        lacks it), raises :class:`~signalbus.SubscribeError` and connects nothing.
+        With ``replays=False`` the receiver never gets replayed events.
 
         With ``group`` (a name, or a :class:`~signalbus.Group`) the receiver is not a
         broadcast receiver: each event is handled by one process of the group, at
@@ -171,7 +172,11 @@ class Signal(blinker.NamedSignal):
             self._replay_averse.add(receiver_id)
         bus = self.bus
         if bus is not None:
-            bus._watch([self])
+            try:
+                bus._watch([self])
+            except SubscribeError:
+                self.disconnect(receiver, sender)
+                raise
         return receiver
 
     def _connect_to_group(self, receiver: F, sender: t.Any, weak: bool, group: Group) -> F:

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import event as event_module
 from .codec import ENVELOPE_TAIL, REPLAY_HEAD, Codec, Envelope
-from .errors import DecodingError, TransportError, ValidationError
+from .errors import DecodingError, SubscribeError, TransportError, ValidationError
 from .handoff import Handoff
 from .recovery import Recovery
 from .schema import validated
 from .stats import Stats, ThrottledLog
-from .transport import Backoff, SubscribeConnection
+from .transport import Backoff, Refusal, SubscribeConnection
 
 if TYPE_CHECKING:
     from .signals import Signal
@@ -83,6 +83,7 @@ class Subscriber:
         self._confirmed: set[bytes] = set()
         self._confirmed_once: set[bytes] = set()  # wanted, and subscribed at least once
         self._pending: dict[bytes, threading.Event] = {}
+        self._refused: dict[bytes, str] = {}  # channel -> why Redis refused to subscribe
         self._released: deque[bytes] = deque()
         self._stopping = stopping
         self._threads: list[threading.Thread] = []
@@ -96,9 +97,12 @@ class Subscriber:
         """Subscribe, and wait up to ``timeout`` for the server to confirm.
 
         Returns whether every channel is confirmed. Channels stay wanted either way:
-        the reader subscribes them whenever it (re)connects.
+        the reader subscribes them whenever it (re)connects; but a channel Redis
+        refuses (an ACL without it) is dropped, and raises :class:`SubscribeError`.
         """
         with self._lock:
+            for channel in channels:
+                self._refused.pop(channel, None)
             new = [channel for channel in channels if channel not in self._wanted]
             self._wanted.update(new)
             waits = [
@@ -117,7 +121,16 @@ class Subscriber:
         for confirmation in waits:
             confirmation.wait(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            return all(channel in self._confirmed for channel in channels)
+            refused = {c: self._refused.pop(c) for c in channels if c in self._refused}
+            confirmed = all(channel in self._confirmed for channel in channels)
+        if refused:
+            raise SubscribeError(
+                "Redis refused to subscribe to "
+                + "; ".join(f"{c.decode(errors='replace')!r} ({why})" for c, why in refused.items())
+                + ": the Redis user's ACL must allow the channel (e.g. &auth.*); "
+                "its receivers get no events from other processes"
+            )
+        return confirmed
 
     def release(self, channel: bytes) -> None:
         """Note that ``channel`` may have lost its last receiver.
@@ -224,8 +237,8 @@ class Subscriber:
                     self._wait_for_dispatcher()
         elif type(reply) is list and reply[0] in (b"subscribe", b"unsubscribe"):
             self._on_confirmation(reply[0], reply[1])
-        elif isinstance(reply, Exception):
-            self._log.warning("refused", "Redis refused a subscriber command: %s", reply)
+        elif isinstance(reply, Refusal):
+            self._on_refusal(reply)
         if self._released:
             self._unsubscribe_released()
 
@@ -240,6 +253,26 @@ class Subscriber:
                     self._handoff.put((channel, CATCH_UP))
                 self._confirmed_once.add(channel)
             confirmation = self._pending.pop(channel, None)
+        if confirmation is not None:
+            confirmation.set()
+
+    def _on_refusal(self, refusal: Refusal) -> None:
+        """A SUBSCRIBE refused (the user's ACL) drops its channel, and tells who waits."""
+        if refusal.command != b"SUBSCRIBE" or refusal.channel is None:
+            self._log.warning("refused", "Redis refused a subscriber command: %s", refusal.error)
+            return
+        channel = refusal.channel
+        with self._lock:
+            self._wanted.discard(channel)
+            self._confirmed_once.discard(channel)
+            self._refused[channel] = refusal.error
+            confirmation = self._pending.pop(channel, None)
+        self._log.warning(
+            "refused",
+            "Redis refused to subscribe to %r: %s",
+            channel.decode(errors="replace"),
+            refusal.error,
+        )
         if confirmation is not None:
             confirmation.set()
 

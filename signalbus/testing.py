@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -28,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import blinker
 import redis
@@ -40,8 +43,10 @@ __all__ = [
     "Ledger",
     "Proxy",
     "RedisServer",
+    "TLSFiles",
     "capture",
     "find_redis_server",
+    "make_tls_files",
 ]
 
 
@@ -70,31 +75,114 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a TLS server: the CA a client trusts, and the server's certificate
+    (signed by that CA) and key."""
+
+    ca: pathlib.Path
+    cert: pathlib.Path
+    key: pathlib.Path
+
+
+# What a client checks: the names the server answers to, and that its certificate is a
+# server's and not a CA's.
+_SERVER_EXTENSIONS = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+authorityKeyIdentifier = keyid
+subjectKeyIdentifier = hash
+"""
+
+
+def make_tls_files(
+    directory: str | os.PathLike[str],
+    *,
+    common_name: str = "signalbus test CA",
+    timeout: float = 30.0,
+) -> TLSFiles:
+    """Make, with ``openssl``, a self-signed CA in ``directory`` and a certificate it
+    signed for ``127.0.0.1`` and ``localhost``: what ``RedisServer(tls=...)`` needs to
+    test ``rediss://`` with a CA file. Each call makes a new CA, unrelated to any
+    other, which is how a test gets a wrong one.
+
+    Keys are elliptic-curve ones, made in milliseconds; certificates last two days.
+    """
+    where = pathlib.Path(directory)
+    files = TLSFiles(ca=where / "ca.crt", cert=where / "server.crt", key=where / "server.key")
+    ca_key, request, extensions = where / "ca.key", where / "server.csr", where / "server.ext"
+    extensions.write_text(_SERVER_EXTENSIONS)
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for command in (
+        [
+            "req", "-x509", *new_key, "-days", "2", "-subj", f"/CN={common_name}",
+            "-keyout", ca_key, "-out", files.ca,
+            "-addext", "basicConstraints = critical, CA:TRUE",
+            "-addext", "keyUsage = critical, keyCertSign, cRLSign",
+        ],
+        ["req", "-new", *new_key, "-subj", "/CN=localhost", "-keyout", files.key, "-out", request],
+        [
+            "x509", "-req", "-in", request, "-CA", files.ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-days", "2", "-extfile", extensions, "-out", files.cert,
+        ],
+    ):  # fmt: skip
+        subprocess.run(
+            ["openssl", *map(str, command)], check=True, capture_output=True, timeout=timeout
+        )
+    return files
+
+
 class RedisServer:
     """A ``redis-server`` process of our own, on ``127.0.0.1`` and a free port.
 
     ``extra_args`` are passed on the command line, e.g. ``["--appendonly", "yes"]``.
+    With ``tls`` (see :func:`make_tls_files`) the port speaks TLS only, with no
+    plaintext port beside it, and :attr:`url` is a ``rediss://`` URL that trusts the CA.
     """
 
-    def __init__(self, extra_args: Sequence[str] = (), *, startup_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        extra_args: Sequence[str] = (),
+        *,
+        startup_timeout: float = 10.0,
+        tls: TLSFiles | None = None,
+    ) -> None:
         self.binary = find_redis_server()
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
+        self.tls = tls
         self.port = _free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="signalbus-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if self.tls is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        ca = quote(str(self.tls.ca), safe="")
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={ca}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, protocol=2)
+        return redis.Redis.from_url(self.url, protocol=2)
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0",  # no plaintext port: nothing can fall back to one
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.cert),
+            "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca),
+            "--tls-auth-clients", "no",  # clients check the server, not the other way
+        ]  # fmt: skip
 
     def start(self) -> RedisServer:
         args = [
             self.binary,
-            "--port", str(self.port),
+            *self._listen_args(),
             "--bind", "127.0.0.1",
             "--dir", self._dir.name,
             "--save", "",
@@ -103,9 +191,10 @@ class RedisServer:
             "--daemonize", "no",
             *self.extra_args,
         ]  # fmt: skip
-        self._process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self._dir.name
-        )
+        with self._stderr_path.open("wb") as stderr:  # where a bad option is told
+            self._process = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=self._dir.name
+            )
         try:
             self._wait_until_ready(self._process)
         except BaseException:
@@ -119,8 +208,10 @@ class RedisServer:
         try:
             while True:
                 if process.poll() is not None:
+                    said = " ".join(self._stderr_path.read_text(errors="replace").split())
                     raise RuntimeError(
-                        f"{self.binary} exited with code {process.returncode} on port {self.port}"
+                        f"{self.binary} exited with code {process.returncode} on port "
+                        f"{self.port}: {said}"
                     )
                 try:
                     client.ping()
@@ -134,6 +225,10 @@ class RedisServer:
                     time.sleep(0.02)
         finally:
             client.close()
+
+    @property
+    def _stderr_path(self) -> pathlib.Path:
+        return pathlib.Path(self._dir.name, "stderr")
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open and nothing answers."""

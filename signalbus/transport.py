@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,6 +29,7 @@ __all__ = [
     "NETWORK_ERRORS",
     "Backoff",
     "PublishConnection",
+    "Refusal",
     "SubscribeConnection",
     "client_from_url",
     "command_client",
@@ -236,12 +237,28 @@ class PublishConnection:
         self._loads.clear()
 
 
+class Refusal(NamedTuple):
+    """An error reply to a command of the subscriber connection, and what it refused."""
+
+    command: bytes
+    channel: bytes | None
+    error: str
+
+
 class SubscribeConnection:
-    """The subscriber side: one reading thread, any number of writing threads."""
+    """The subscriber side: one reading thread, any number of writing threads.
+
+    It knows which command each reply answers (the server answers in order: one reply
+    per channel of SUBSCRIBE and UNSUBSCRIBE, one per PING), so an error reply is
+    returned as a :class:`Refusal` naming its command and channel. SUBSCRIBE goes
+    out as one command per channel: a channel the user's ACL does not allow is
+    refused alone, and the others are subscribed.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self._conn = _dedicated_connection(client)
         self._write_lock = threading.Lock()
+        self._owed: deque[tuple[bytes, bytes | None]] = deque()  # replies still to come
 
     @property
     def connected(self) -> bool:
@@ -251,6 +268,7 @@ class SubscribeConnection:
         """(Re)connect and subscribe to ``channels``; raises :class:`TransportError`."""
         with self._write_lock:
             self._conn.disconnect()
+            self._owed.clear()
             try:
                 self._conn.connect()
                 self._write_unlocked(b"SUBSCRIBE", channels)
@@ -275,10 +293,17 @@ class SubscribeConnection:
 
     def _write_unlocked(self, command: bytes, args: Iterable[bytes]) -> None:
         args = list(args)
-        if args or command == b"PING":
-            self._conn.send_packed_command(
-                self._conn.pack_command(command, *args), check_health=False
-            )
+        owed: list[tuple[bytes, bytes | None]] = [(command, channel) for channel in args]
+        commands: list[tuple[bytes, ...]]
+        if command == b"PING":
+            commands, owed = [(command,)], [(command, None)]
+        elif command == b"SUBSCRIBE":
+            commands = [(command, channel) for channel in args]
+        else:
+            commands = [(command, *args)] if args else []
+        if commands:
+            self._owed.extend(owed)  # first: the reply may be read before the write returns
+            self._conn.send_packed_command(self._conn.pack_commands(commands), check_health=False)
 
     def ping(self) -> bool:
         return self.write(b"PING", ())
@@ -286,18 +311,27 @@ class SubscribeConnection:
     def read(self, timeout: float) -> Any:
         """The next reply, or None after ``timeout`` seconds without one.
 
-        An error reply (a subscription the server refused) is returned, not raised.
+        An error reply (a subscription the server refused) is returned as a
+        :class:`Refusal`, not raised.
         """
         if not self._conn.is_connected:
             raise TransportError("subscriber connection is not connected")
         try:
             if not self._conn.can_read(timeout=timeout):
                 return None
-            return self._conn.read_response(disconnect_on_error=False)
+            reply = self._conn.read_response(disconnect_on_error=False)
         except ResponseError as exc:
-            return exc
+            command, channel = self._answered()
+            return Refusal(command, channel, str(exc))
         except (*NETWORK_ERRORS, RedisError) as exc:
             raise TransportError(f"subscriber connection lost: {exc}") from exc
+        if type(reply) is not list or reply[0] != b"message":
+            self._answered()
+        return reply
+
+    def _answered(self) -> tuple[bytes, bytes | None]:
+        """The command (and channel) the reply just read answers."""
+        return self._owed.popleft() if self._owed else (b"?", None)
 
     def close(self) -> None:
         with self._write_lock:
