@@ -48,7 +48,14 @@ from .schema import validated
 from .signing import SIGNED_OFFSET, Signer, keys_from_environment
 from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber, call
-from .transport import PublishConnection, SubscribeConnection, client_from_url, command_client
+from .transport import (
+    PublishConnection,
+    SubscribeConnection,
+    client_from_url,
+    command_client,
+    iterate_with_transport_errors,
+    transport_errors,
+)
 
 if TYPE_CHECKING:
     from .bridge import BridgedSignal
@@ -306,7 +313,7 @@ class Bus:
     def _read_history(
         self, signal: Signal, since: TimeBound, until: TimeBound, limit: int | None
     ) -> Iterator[Event]:
-        return read_history(
+        events = read_history(
             self.client,
             self.codec,
             signal,
@@ -315,6 +322,9 @@ class Bus:
             until=until,
             limit=limit,
             own_token=self._token,
+        )
+        return iterate_with_transport_errors(
+            events, f"signal {signal.channel!r}: reading its history failed"
         )
 
     def _replay(
@@ -547,14 +557,21 @@ class Bus:
 
     def _dead_letters(self, signal: Signal, group: str) -> Iterator[DeadLetter]:
         dead = dead_letter_key(self.prefix, signal.channel, group)
-        return dead_letters(self.client, self.codec, signal.channel, dead, self._token)
+        return iterate_with_transport_errors(
+            dead_letters(self.client, self.codec, signal.channel, dead, self._token),
+            f"signal {signal.channel!r}: reading the dead letters of {group!r} failed",
+        )
 
     def _group_status(self, signal: Signal) -> list[GroupStatus]:
-        return group_status(self.client, self.prefix, signal.channel, self._kept(signal).stream_key)
+        stream = self._kept(signal).stream_key
+        with transport_errors(f"signal {signal.channel!r}: reading its groups failed"):
+            return group_status(self.client, self.prefix, signal.channel, stream)
 
     def _requeue(self, signal: Signal, group: str, ids: Collection[str] | None) -> int:
         dead = dead_letter_key(self.prefix, signal.channel, group)
-        return requeue(self.client, dead, retry_key(self.prefix, signal.channel, group), ids)
+        retry = retry_key(self.prefix, signal.channel, group)
+        with transport_errors(f"signal {signal.channel!r}: requeueing for {group!r} failed"):
+            return requeue(self.client, dead, retry, ids)
 
     def _stop_receiving(self) -> None:
         """Stop receiving in this process (a server's master, which forked the workers

@@ -9,13 +9,14 @@ Both speak RESP2, where pub/sub messages are plain replies.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,7 +35,11 @@ __all__ = [
     "client_from_url",
     "command_client",
     "glob_escape",
+    "iterate_with_transport_errors",
+    "transport_errors",
 ]
+
+T = TypeVar("T")
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 """What a connection raises when Redis is away or silent."""
@@ -57,6 +62,22 @@ class Backoff:
     def reset(self) -> None:
         """After a success: the next failure waits the first delay again."""
         self._delay = self._first
+
+
+@contextlib.contextmanager
+def transport_errors(what: str) -> Iterator[None]:
+    """Raise what Redis raises in the block as :class:`TransportError`, saying ``what``
+    was being done: callers of the public API catch one tree of errors."""
+    try:
+        yield
+    except RedisError as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
+def iterate_with_transport_errors(items: Iterator[T], what: str) -> Iterator[T]:
+    """``items``, read under :func:`transport_errors`."""
+    with transport_errors(what):
+        yield from items
 
 
 def glob_escape(text: str) -> str:

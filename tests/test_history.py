@@ -195,3 +195,23 @@ def test_a_flushed_script_cache_is_loaded_again(
     sent(bus, signal, 1)
     assert raw.xlen(stream(prefix)) == 2
     assert bus.stats()["dropped"] == 0
+
+
+def test_reading_back_from_an_unreachable_redis_raises_a_transport_error(
+    unreachable_url: str,
+) -> None:
+    with Bus(unreachable_url, close_timeout=0.1) as bus:
+        signal = Namespace("auth", bus=bus).signal("logged-in")
+        reads: dict[str, Callable[[], object]] = {
+            "reading its history failed": lambda: list(signal.history()),
+            "reading the dead letters of 'mailer' failed": lambda: list(
+                signal.dead_letters("mailer")
+            ),
+            "reading its groups failed": signal.group_status,
+            "requeueing for 'mailer' failed": lambda: signal.requeue("mailer"),
+        }
+        for what, read in reads.items():
+            with pytest.raises(signalbus.TransportError) as raised:
+                read()
+            assert str(raised.value).startswith(f"signal 'auth.logged-in': {what}: ")
+            assert isinstance(raised.value.__cause__, redis.ConnectionError)
