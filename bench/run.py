@@ -10,6 +10,11 @@ Starts one private Redis server and measures, against it, with real processes:
 (d) fan-out from one sending process to four receiving processes;
 (e) group delivery: (a) to one group receiver, against one broadcast receiver.
 
+(a), (b) and (c) run with history kept (the default) and with history off; (a) and (c)
+also run with a typed signal (a pydantic schema, validated by the sender and by the
+receivers) and with a signed bus (HMAC-SHA256, signed and checked), so those rows show
+what validation and signing cost against the plain rows.
+
 BENCHMARKS.md says what each figure means and how the baseline is defined.
 """
 
@@ -34,7 +39,7 @@ import blinker
 import redis
 import redis.utils
 from harness import BenchError, Outcome, Run, measure
-from sides import IP, SENDER, bus_signal
+from sides import IP, SENDER, SIDES, BusSide
 
 import signalbus
 from signalbus.testing import RedisServer
@@ -138,15 +143,19 @@ def progress(message: str) -> None:
 # -- the scenarios ------------------------------------------------------------------
 
 
-# Every scenario runs twice: with history kept (the default) and with history=False,
-# so the table shows what keeping history costs.
-VARIANTS = (("", "signalbus", {}), (", history off", "signalbus-no-history", {"history": False}))
+# (a), (b), (c) run each variant: (title suffix, signalbus side in sides.SIDES). With
+# history kept (the default) and with history=False, so the table shows what keeping
+# history costs.
+VARIANTS = (("", "signalbus"), (", history off", "signalbus-no-history"))
+# (a) and (c) also run these, with history kept, so the table shows what a schema
+# (validated on send() and again in every receiving process) and signing cost.
+FEATURE_VARIANTS = ((", typed", "signalbus-typed"), (", signed", "signalbus-signed"))
 
 
 def throughput(bench: Bench) -> list[Row]:
     count = bench.sizes.throughput
     rows = []
-    for title, bus_side, _ in VARIANTS:
+    for title, bus_side in VARIANTS + FEATURE_VARIANTS:
         row = Row(f"(a) throughput 1 -> 1{title}", "events/s", Target(0.7, at_least=True))
         row.notes.append(f"{count:,} events, first send to last receive")
         run = functools.partial(Run, count=count)
@@ -172,7 +181,7 @@ def latency(bench: Bench) -> list[Row]:
     sizes = bench.sizes
     count = sizes.warmup + sizes.latency
     rows = []
-    for title, bus_side, _ in VARIANTS:
+    for title, bus_side in VARIANTS:
         rate = f"{sizes.rate:,.0f}/s{title}"
         p50 = Row(f"(b) latency p50 @ {rate}", "µs", Target(1.3, at_least=False))
         p99 = Row(f"(b) latency p99 @ {rate}", "µs", Target(1.5, at_least=False))
@@ -205,7 +214,7 @@ def send_cost(bench: Bench) -> list[Row]:
     plain.connect(_receiver)
     blinker_cost, _ = _time_sends(plain.send, sizes, lambda: None)
     rows = []
-    for title, bus_side, options in VARIANTS:
+    for title, bus_side in VARIANTS + FEATURE_VARIANTS:
         row = Row(
             f"(c) send() cost, 1 local receiver{title}",
             "µs/call",
@@ -216,9 +225,11 @@ def send_cost(bench: Bench) -> list[Row]:
         row.add("blinker", blinker_cost)
         progress(f"(c) {bus_side}")
         prefix = bench.prefix("c", bus_side)
+        side = SIDES[bus_side]
+        assert isinstance(side, BusSide)
         # Room for a whole repeat: the queue is flushed between repeats, never overflows.
-        with signalbus.Bus(bench.url, prefix=prefix, queue_size=2 * sizes.calls, **options) as bus:
-            signal = bus_signal(bus)
+        with side.bus(bench.url, prefix, queue_size=2 * sizes.calls) as bus:
+            signal = side.signal(bus)
             signal.connect(_receiver)
             cost, flushed = _time_sends(signal.send, sizes, bus.flush)
         row.add("signalbus", cost)
@@ -257,7 +268,7 @@ def fanout(bench: Bench) -> list[Row]:
     receivers = sizes.fanout_receivers
     delivered = sizes.fanout * receivers
     rows = []
-    for title, bus_side, _ in VARIANTS:
+    for title, bus_side in VARIANTS:
         row = Row(f"(d) fan-out 1 -> {receivers}{title}", "events/s", Target(0.7, at_least=True))
         row.notes.append(
             f"{sizes.fanout:,} events x {receivers} receiving processes, all delivered"

@@ -8,6 +8,11 @@ Each side offers the same three things, so the harness is shared and only these 
 - ``sender(url, prefix, paced)``: a :class:`Sender`.
 - the event: kwargs ``user_id`` (int), ``ip`` (str), ``ts`` (float), msgpack on the wire.
 
+signalbus runs as several sides (``SIDES``), each a bus and signal option away from the
+default: without history, with a schema (``LoggedIn``: every ``send()`` validates, and
+every receiving process validates again), with signing keys (every event HMAC-signed by
+the sender and checked by the receivers), and the group and long-history sides of (e).
+
 The raw baseline is redis-py with hiredis: the publisher pipelines batches of 100
 PUBLISH (a paced sender publishes each event at once instead, as batching would only
 delay it), the subscriber iterates ``pubsub.listen()``, and the payload is
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgpack
+import pydantic
 import redis
 
 import signalbus
@@ -31,9 +37,19 @@ SENDER = "bench"
 IP = "10.0.0.1"
 RAW_BATCH = 100
 LONG_HISTORY = signalbus.History(max_count=500_000)
+# The same key on the sending and the receiving side.
+SIGNING_KEYS = ["bench-key-5c1d8e2f9a0b"]
 
 OnEvent = Callable[[dict[str, Any]], bool]
 """Gets each event's kwargs; returns True when it wants no more."""
+
+
+class LoggedIn(pydantic.BaseModel):
+    """The event's kwargs as a schema, for the typed side."""
+
+    user_id: int
+    ip: str
+    ts: float
 
 
 class Sender(Protocol):
@@ -126,14 +142,16 @@ class RawSide:
         return RawSender(url, prefix, batch=1 if paced else RAW_BATCH)
 
 
-def bus_signal(bus: signalbus.Bus) -> signalbus.Signal:
-    return signalbus.Namespace(NAMESPACE, bus=bus).signal(SIGNAL)
+def bus_signal(
+    bus: signalbus.Bus, schema: type[pydantic.BaseModel] | None = None
+) -> signalbus.Signal:
+    return signalbus.Namespace(NAMESPACE, bus=bus).signal(SIGNAL, schema=schema)
 
 
 class BusSender:
-    def __init__(self, url: str, prefix: str, **bus_options: Any) -> None:
-        self._bus = signalbus.Bus(url, prefix=prefix, **bus_options)
-        self._send = bus_signal(self._bus).send
+    def __init__(self, bus: signalbus.Bus, signal: signalbus.Signal) -> None:
+        self._bus = bus
+        self._send = signal.send
 
     def send(self, user_id: int, ts: float) -> None:
         self._send(SENDER, user_id=user_id, ip=IP, ts=ts)
@@ -148,15 +166,29 @@ class BusSender:
 
 class BusSide:
     """signalbus with default options, or with ``bus_options`` under another name; with
-    ``group``, its receivers are group receivers."""
+    ``group``, its receivers are group receivers; with ``schema``, its signal is typed."""
 
     def __init__(
-        self, name: str = "signalbus", *, group: str | None = None, **bus_options: Any
+        self,
+        name: str = "signalbus",
+        *,
+        group: str | None = None,
+        schema: type[pydantic.BaseModel] | None = None,
+        **bus_options: Any,
     ) -> None:
         self.name = name
         self.subscribes = group is None
+        self.schema = schema
+        self.bus_options = bus_options
         self._group = group
-        self._bus_options = bus_options
+
+    def bus(self, url: str, prefix: str, **options: Any) -> signalbus.Bus:
+        """A bus with this side's options, ``options`` added or overriding."""
+        return signalbus.Bus(url, prefix=prefix, **{**self.bus_options, **options})
+
+    def signal(self, bus: signalbus.Bus) -> signalbus.Signal:
+        """The benchmark's signal on ``bus``, with this side's schema."""
+        return bus_signal(bus, self.schema)
 
     def receive(
         self,
@@ -172,8 +204,8 @@ class BusSide:
             if on_event(kwargs):
                 done.set()
 
-        with signalbus.Bus(url, prefix=prefix, **self._bus_options) as bus:
-            signal = bus_signal(bus)
+        with self.bus(url, prefix) as bus:
+            signal = self.signal(bus)
             # Returns once the server confirmed the subscription, or created the group.
             signal.connect(receiver, group=self._group)
             ready()
@@ -187,7 +219,8 @@ class BusSide:
     def sender(self, url: str, prefix: str, *, paced: bool) -> Sender:
         # Default options, as an application would have them: with Redis healthy a burst
         # that fills the queue waits for room rather than dropping.
-        return BusSender(url, prefix, **self._bus_options)
+        bus = self.bus(url, prefix)
+        return BusSender(bus, self.signal(bus))
 
 
 SIDES: dict[str, Side] = {
@@ -196,6 +229,9 @@ SIDES: dict[str, Side] = {
         RawSide(),
         BusSide(),
         BusSide("signalbus-no-history", history=False),
+        # (a), (c): what validation and signing cost, each against the default side.
+        BusSide("signalbus-typed", schema=LoggedIn),
+        BusSide("signalbus-signed", signing_keys=SIGNING_KEYS),
         # (e): a burst outruns a group, so both sides keep enough history for all of it.
         BusSide("signalbus-long-history", history=LONG_HISTORY),
         BusSide("signalbus-group", group="bench", history=LONG_HISTORY),

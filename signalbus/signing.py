@@ -38,20 +38,48 @@ def keys_from_environment() -> list[str]:
     return [key for key in os.environ.get("SIGNALBUS_SIGNING_KEYS", "").split(",") if key]
 
 
+class _Key:
+    """HMAC-SHA256 (RFC 2104) with one key, its padded hashes made once.
+
+    ``hmac.digest`` sets the key up again for every message, which costs more than
+    hashing a small event; copying the two keyed hashes costs less than half of it.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_INNER_PAD))
+        self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_BLOCK = 64  # SHA-256's block size
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
+
+
 class Signer:
     """Signs what a bus sends and opens what it receives."""
 
     def __init__(self, keys: Sequence[str | bytes]) -> None:
-        self.keys = [key.encode() if isinstance(key, str) else key for key in keys]
-        if any(not isinstance(key, bytes) or not key for key in self.keys):
+        encoded = [key.encode() if isinstance(key, str) else key for key in keys]
+        if any(not isinstance(key, bytes) or not key for key in encoded):
             raise ConfigurationError("signing keys must be non-empty str or bytes")
+        self.keys = [_Key(key) for key in encoded]
 
     @property
     def signs(self) -> bool:
         return bool(self.keys)
 
     def sign(self, envelope: bytes) -> bytes:
-        return SIGNATURE_HEAD + hmac.digest(self.keys[0], envelope, hashlib.sha256) + envelope
+        return SIGNATURE_HEAD + self.keys[0].digest(envelope) + envelope
 
     def open(self, message: bytes) -> bytes:
         """The envelope in ``message``, its signature checked if this bus has keys."""
@@ -63,10 +91,7 @@ class Signer:
         if self.keys:
             signed = _eight_field_form(envelope)
             signature = message[len(SIGNATURE_HEAD) : SIGNED_OFFSET]
-            if not any(
-                hmac.compare_digest(hmac.digest(key, signed, hashlib.sha256), signature)
-                for key in self.keys
-            ):
+            if not any(hmac.compare_digest(key.digest(signed), signature) for key in self.keys):
                 raise DecodingError("bad signature: not signed with any of this bus's keys")
         return envelope
 
