@@ -52,9 +52,11 @@ class _Key:
         self._inner = hashlib.sha256(key.translate(_INNER_PAD))
         self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
 
-    def digest(self, message: bytes) -> bytes:
+    def digest(self, *parts: bytes | memoryview) -> bytes:
+        """The HMAC of ``parts`` joined (parts save joining them into a copy)."""
         inner = self._inner.copy()
-        inner.update(message)
+        for part in parts:
+            inner.update(part)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
@@ -87,36 +89,41 @@ class Signer:
             if self.keys:
                 raise DecodingError("unsigned message, and this bus checks signatures")
             return message
-        envelope = message[SIGNED_OFFSET:]
         if self.keys:
-            signed = _eight_field_form(envelope)
-            signature = message[len(SIGNATURE_HEAD) : SIGNED_OFFSET]
-            if not any(hmac.compare_digest(key.digest(signed), signature) for key in self.keys):
+            view = memoryview(message)
+            signed = view[SIGNED_OFFSET + 1 : _signed_end(message)]  # after the array's size
+            signature = view[len(SIGNATURE_HEAD) : SIGNED_OFFSET]
+            if not any(
+                hmac.compare_digest(key.digest(_KEPT, signed), signature) for key in self.keys
+            ):
                 raise DecodingError("bad signature: not signed with any of this bus's keys")
-        return envelope
+        return message[SIGNED_OFFSET:]
 
 
-def _eight_field_form(envelope: bytes) -> bytes:
-    """The envelope as it was signed: without the entry id and replay mark appended."""
-    if not envelope:
+_STREAM_ID_CHARACTERS = b"0123456789-"
+
+
+def _signed_end(message: bytes) -> int:
+    """Where the signed envelope in ``message`` ends: before the entry id and replay
+    mark the server appended, if any. It was signed in its eight-field form."""
+    if len(message) <= SIGNED_OFFSET:
         raise DecodingError("empty message")
-    head = envelope[0]
+    head = message[SIGNED_OFFSET]
     if head == _KEPT[0]:
-        return envelope
-    if head == REPLAY_HEAD and envelope[-1:] == bytes([_TRUE]):
-        envelope = envelope[:-1]
+        return len(message)
+    end = len(message)
+    if head == REPLAY_HEAD and message[-1] == _TRUE:
+        end -= 1
     elif head != _STORED_ID:
         raise DecodingError("not a signalbus envelope (or an unknown version)")
-    return _KEPT + envelope[1 : len(envelope) - _packed_id_length(envelope)]
-
-
-def _packed_id_length(envelope: bytes) -> int:
-    """The length of the stream entry id msgpack string that ends ``envelope``: its
-    digits and dash can never be a string header, so the header is found from the end."""
-    for length in range(1, min(len(envelope) - 1, 255)):
-        header = envelope[-length - 1]
-        if length < 32 and header == 0xA0 + length:
-            return length + 1
-        if header == length and envelope[-length - 2] == 0xD9:
-            return length + 2
+    # The id is a msgpack string of digits and a dash, none of which can be its header
+    # (a fixstr header, or str8's length byte: ids are at most 41 long).
+    digits = end - len(message[:end].rstrip(_STREAM_ID_CHARACTERS))
+    header_at = end - digits - 1
+    if header_at - 1 <= SIGNED_OFFSET:
+        raise DecodingError("malformed stream entry id")
+    if 0 < digits < 32 and message[header_at] == 0xA0 + digits:
+        return header_at
+    if digits >= 32 and message[header_at] == digits and message[header_at - 1] == 0xD9:
+        return header_at - 1
     raise DecodingError("malformed stream entry id")

@@ -8,11 +8,12 @@ import hmac
 from collections.abc import Callable
 
 import hypothesis
+import msgpack
 import pytest
 import redis
 from hypothesis import strategies
 
-from signalbus import Bus, ConfigurationError, Namespace
+from signalbus import Bus, ConfigurationError, DecodingError, Namespace
 from signalbus.signing import SIGNATURE_HEAD, SIGNED_OFFSET, Signer, _Key
 
 from .helpers import Child, Recorder, wait_for
@@ -133,3 +134,23 @@ def test_rotation_across_processes(
 def test_signatures_are_hmac_sha256(key: bytes, message: bytes) -> None:
     """The signer's HMAC, made faster by keeping the keyed hashes, is the standard one."""
     assert _Key(key).digest(message) == hmac.digest(key, message, hashlib.sha256)
+
+
+@pytest.mark.parametrize("entry_id", ["1-0", "1795554776888-0", "18446744073709551615-" * 2])
+@pytest.mark.parametrize("replayed", [False, True])
+def test_a_signature_holds_with_any_entry_id_and_replay_mark_appended(
+    entry_id: str, replayed: bool
+) -> None:
+    signer = Signer([NEW])
+    envelope = b"\x98" + b"an event of eight fields"
+    signed = signer.sign(envelope)
+    as_published = (
+        signed[:SIGNED_OFFSET]
+        + (b"\x9a" if replayed else b"\x99")
+        + signed[SIGNED_OFFSET + 1 :]
+        + msgpack.packb(entry_id.rstrip("-"))
+        + (b"\xc3" if replayed else b"")
+    )
+    assert signer.open(as_published) == as_published[SIGNED_OFFSET:]
+    with pytest.raises(DecodingError):  # a byte of the event changed
+        signer.open(as_published.replace(b"eight", b"Eight"))
