@@ -45,4 +45,4 @@ def validated(schema: Any, channel: str, kwargs: dict[str, Any]) -> dict[str, An
         raise ValidationError(
             f"signal {channel!r}: the arguments do not fit {schema.__name__}: {problems}"
         ) from None
-    return {name: getattr(model, name) for name in schema.model_fields}
+    return dict(vars(model))  # a model keeps its fields' values there, and only those
