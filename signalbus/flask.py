@@ -31,6 +31,7 @@ Importing :mod:`signalbus` never imports this module, nor Flask.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import types
@@ -47,18 +48,11 @@ from .cli import Settings, cli
 
 __all__ = ["SignalBus"]
 
-_BUS_OPTIONS = (
-    "prefix",
-    "synchronous",
-    "queue_size",
-    "queue_full",
-    "block_timeout",
-    "max_message_size",
-    "subscribe_timeout",
-    "dispatch_backlog",
-    "close_timeout",
-    "history",
-    "signing_keys",
+# Every Bus option but those the extension sets itself.
+_BUS_OPTIONS = tuple(
+    name
+    for name, parameter in inspect.signature(Bus).parameters.items()
+    if parameter.kind is parameter.KEYWORD_ONLY and name not in ("client", "receiver_context")
 )
 
 

@@ -109,3 +109,16 @@ def test_signals_listed_in_the_config_are_bridged(
     bus = app.extensions["signalbus"].bus
     assert [s.channel for s in bus._bridges] == ["flask_login.signals.logged-in"]
     assert isinstance(bus, signalbus.Bus)
+
+
+def test_every_bus_option_is_read_from_the_config(
+    make_app: Callable[..., flask.Flask], redis_url: str, raw: Any, prefix: str
+) -> None:
+    quiet = make_app(redis_url, SIGNALBUS_CATALOG=False)
+    Namespace("tests.flask", bus=quiet.extensions["signalbus"].bus).signal("unrecorded")
+    loud = make_app(redis_url)
+    Namespace("tests.flask", bus=loud.extensions["signalbus"].bus).signal("recorded")
+    wait_for(lambda: raw.hexists(f"{prefix}signalbus:catalog", "tests.flask.recorded"))
+    quiet.extensions["signalbus"].bus.close()
+    recorded = raw.hkeys(f"{prefix}signalbus:catalog")
+    assert b"tests.flask.recorded" in recorded and b"tests.flask.unrecorded" not in recorded
