@@ -63,11 +63,13 @@ class Definition:
 
     @classmethod
     def from_json(cls, channel: str, text: bytes) -> Definition:
-        """The record of ``channel``; one that is not ours reads as a bare definition."""
+        """The record of ``channel``; fields it does not know (a newer version's) are
+        left out, and one that is not ours reads as a bare definition."""
         try:
             fields = json.loads(text)
-            return cls(**{**fields, "channel": channel})
-        except (ValueError, TypeError):
+            known = {field.name for field in dataclasses.fields(cls)} & fields.keys()
+            return cls(**{**{name: fields[name] for name in known}, "channel": channel})
+        except (ValueError, TypeError, AttributeError):
             logger.warning("signalbus: catalog record of %r is unreadable; ignored", channel)
             return cls(channel)
 
@@ -79,7 +81,7 @@ def definition(signal: Signal, history: History | None, origin: str) -> Definiti
         channel=signal.channel,
         doc=vars(signal).get("__doc__"),  # the class's docstring says nothing of this signal
         schema_name=None if schema is None else schema.__name__,
-        schema=None if schema is None else cast(Any, schema).model_json_schema(),
+        schema=None if schema is None else _json_schema(schema, signal.channel),
         history=None
         if history is None
         else {
@@ -89,6 +91,17 @@ def definition(signal: Signal, history: History | None, origin: str) -> Definiti
         origin=origin,
         recorded=time.time(),
     )
+
+
+def _json_schema(schema: Any, channel: str) -> dict[str, Any] | None:
+    """The model's JSON Schema; None, with a warning, for a model that has none (a
+    field of an arbitrary type): the signal is recorded, and works, without it."""
+    try:
+        found: dict[str, Any] = schema.model_json_schema()
+    except Exception as exc:  # pydantic's PydanticInvalidForJsonSchema, or a model's own
+        logger.warning("signalbus: signal %r: no JSON Schema for the catalog: %s", channel, exc)
+        return None
+    return found
 
 
 class CatalogWriter:

@@ -216,3 +216,34 @@ def test_ls_and_schema_exit_1_when_redis_is_unreachable(
     for command in (["ls"], ["schema", "auth.logged-in"]):
         code, out, err = run_cli(capsys, "--url", unreachable_url, *command)
         assert (code, out) == (1, "") and err.startswith("Error: cannot reach redis://127.0.0.1")
+
+
+class Opaque:
+    """A type pydantic can check but not describe in JSON Schema."""
+
+
+class WithOpaque(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+    thing: Opaque
+
+
+def test_a_schema_without_json_schema_is_recorded_without_it(
+    make_bus: Callable[..., Bus],
+    raw: redis.Redis,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, "signalbus"):
+        signal = Namespace("auth", bus=make_bus()).signal("odd", schema=WithOpaque)
+    assert "no JSON Schema for the catalog" in caplog.text
+    found = recorded(raw, prefix, signal.channel)
+    assert (found.schema_name, found.schema) == ("WithOpaque", None)
+
+
+def test_a_record_from_a_newer_version_reads_without_its_new_fields(
+    raw: redis.Redis, prefix: str
+) -> None:
+    newer = {"doc": "A user logged in.", "schema_name": None, "owner": "team-auth"}
+    raw.hset(catalog_key(prefix), "auth.logged-in", json.dumps(newer))
+    found = record(raw, prefix, "auth.logged-in")
+    assert found is not None and found.doc == "A user logged in."
