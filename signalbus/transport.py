@@ -314,17 +314,19 @@ class SubscribeConnection:
 
     def _write_unlocked(self, command: bytes, args: Iterable[bytes]) -> None:
         args = list(args)
-        owed: list[tuple[bytes, bytes | None]] = [(command, channel) for channel in args]
+        owed: list[tuple[bytes, bytes | None]]
         commands: list[tuple[bytes, ...]]
         if command == b"PING":
             commands, owed = [(command,)], [(command, None)]
-        elif command == b"SUBSCRIBE":
-            commands = [(command, channel) for channel in args]
+        elif not args:
+            return
         else:
-            commands = [(command, *args)] if args else []
-        if commands:
-            self._owed.extend(owed)  # first: the reply may be read before the write returns
-            self._conn.send_packed_command(self._conn.pack_commands(commands), check_health=False)
+            # SUBSCRIBE one channel per command, so that a refusal names its channel.
+            split = command == b"SUBSCRIBE"
+            commands = [(command, c) for c in args] if split else [(command, *args)]
+            owed = [(command, channel) for channel in args]  # one reply per channel
+        self._owed.extend(owed)  # first: the reply may be read before the write returns
+        self._conn.send_packed_command(self._conn.pack_commands(commands), check_health=False)
 
     def ping(self) -> bool:
         return self.write(b"PING", ())
