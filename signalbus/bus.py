@@ -175,7 +175,6 @@ class Bus:
         self._token_hex = self._token.hex()
         self.origin = f"{socket.gethostname()}:{os.getpid()}"
         self._seq = itertools.count(1)
-        self._numbering = threading.Lock()
         self._stats = Stats()
         log = self._log = ThrottledLog()
         self._publisher = Publisher(
@@ -193,6 +192,7 @@ class Bus:
             self.codec,
             self._stream_for,
             self._token,
+            prefix=self.prefix,
             gap_sender=self,
             stats=self._stats,
             log=log,
@@ -212,7 +212,6 @@ class Bus:
             self._is_wanted,
             self._token,
             envelope_offset=SIGNED_OFFSET if self._signs else 0,
-            locate=recovery.locate,
             stats=self._stats,
             log=log,
             backlog=self._dispatch_backlog,
@@ -262,8 +261,14 @@ class Bus:
 
     # -- sending -----------------------------------------------------------------
 
-    def _publish(self, signal: Signal, sender: Any, kwargs: dict[str, Any]) -> Event:
-        """Encode and hand to the publisher; the Event local receivers will see."""
+    def _publish(
+        self, signal: Signal, sender: Any, kwargs: dict[str, Any], *, wait: bool = True
+    ) -> Event | None:
+        """Encode and hand to the publisher; the Event local receivers will see.
+
+        Waits at most ``block_timeout``; with ``wait=False`` never, and returns None
+        instead of waiting (for room in the queue, or in synchronous mode, for Redis).
+        """
         if self._closed:
             raise ConfigurationError(
                 f"signal {signal.channel!r}: its bus is closed; make a new Bus or call "
@@ -273,23 +278,41 @@ class Bus:
         route = signal._route
         if route is None or route[0] is not self:
             route = signal._route = (self, self._key(channel), self._keep_for(signal))
-        # Numbered and queued in one step: the bus publishes in the order of its numbers,
-        # which is how receivers tell a second copy (see signalbus.recovery).
-        with self._numbering:
-            seq = next(self._seq)
-            timestamp = time.time()
-            data = self.codec.encode(
-                token=self._token,
-                seq=seq,
-                channel=channel,
-                sender=sender,
-                kwargs=kwargs,
-                timestamp=timestamp,
-                origin=self.origin,
-            )
-            if self._signs:
-                data = self.codec.signer.sign(data)
-            self._publisher.submit((route[1], data, route[2]), channel, timestamp)
+        publisher = self._publisher
+        if publisher.synchronous and not wait:
+            return None
+        confirmation = None
+        deadline = time.monotonic() + publisher.block_timeout  # send() waits no longer
+        while True:
+            # Numbered and placed in one step: the bus publishes in the order of its
+            # numbers, which is how receivers tell a second copy (see signalbus.recovery).
+            with publisher.ordered:
+                seq = next(self._seq)
+                timestamp = time.time()
+                data = self.codec.encode(
+                    token=self._token,
+                    seq=seq,
+                    channel=channel,
+                    sender=sender,
+                    kwargs=kwargs,
+                    timestamp=timestamp,
+                    origin=self.origin,
+                )
+                if self._signs:
+                    data = self.codec.signer.sign(data)
+                outgoing = (route[1], data, route[2])
+                if publisher.synchronous:
+                    confirmation = publisher.confirmation(outgoing)
+                if publisher.place(outgoing, timestamp, confirmation):
+                    break
+            # The queue is full: wait for room without holding up other senders, then
+            # number the event again (a number left unused is no gap to receivers).
+            if not wait:
+                return None
+            if not publisher.wait_for_room(channel, deadline):
+                break  # dropped, and counted
+        if confirmation is not None:
+            publisher.confirm(confirmation, channel, deadline)
         return Event(event_id(self._token_hex, seq), channel, self.origin, timestamp, False)
 
     def _keep_for(self, signal: Signal) -> Keep | None:
@@ -374,7 +397,8 @@ class Bus:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event queued so far is on the server (or ``timeout``).
 
-        Returns False if the timeout passed first.
+        Returns False if the timeout passed first, or if Redis refused an event queued
+        since the previous flush (or it was given up: see :mod:`signalbus.publisher`).
         """
         return self._publisher.flush(timeout)
 
@@ -389,13 +413,12 @@ class Bus:
             if self._closed:
                 return
             self._closed = True
-        timeout = self.close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
         for bridged in self._bridges:
             bridged.close()
-        self._publisher.close(timeout)
-        self._catalog.close(timeout)
-        # The reader notices the stop within its poll interval, whatever the flush took.
-        self._stop_receiving()
+        self._publisher.close(_left(deadline))
+        self._catalog.close(_left(deadline))
+        self._stop_receiving(_left(deadline))
         self._commands.close()
         if self._owns_client:
             self.client.close()
@@ -576,12 +599,13 @@ class Bus:
         with transport_errors(f"signal {signal.channel!r}: requeueing for {group!r} failed"):
             return requeue(self.client, dead, retry, ids)
 
-    def _stop_receiving(self) -> None:
+    def _stop_receiving(self, timeout: float = 1.0) -> None:
         """Stop receiving in this process (a server's master, which forked the workers
-        that receive); it can still send."""
-        self._subscriber.close(1.0)
+        that receive); it can still send. Waits up to ``timeout`` for the threads."""
+        deadline = time.monotonic() + timeout
+        self._subscriber.close(timeout)
         for consumer in list(self._consumers.values()):
-            consumer.join(1.0)
+            consumer.join(_left(deadline))
 
     def _after_fork_in_child(self) -> None:
         self._start_process_life()
@@ -591,6 +615,11 @@ class Bus:
         if not self._closed:
             for group in list(self._groups.values()):
                 self._consumer(group).start()
+
+
+def _left(deadline: float) -> float:
+    """Seconds from now to ``deadline`` (a ``time.monotonic()``), at least 0."""
+    return max(0.0, deadline - time.monotonic())
 
 
 def _url_of(client: redis.Redis | None) -> str | None:

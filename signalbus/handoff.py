@@ -107,6 +107,16 @@ class Handoff(Generic[T]):
         self.wait(timeout)
         return self.take_nowait(limit)
 
+    def withdraw(self, item: T) -> bool:
+        """Take ``item`` back out, if it is still waiting; whether it was."""
+        try:
+            self._items.remove(item)
+        except ValueError:
+            return False
+        if not self._space.is_set() and not self.full():
+            self._space.set()
+        return True
+
     def clear(self) -> list[T]:
         """Remove and return everything waiting."""
         taken = []

@@ -97,6 +97,13 @@ def stream_key(prefix: str, channel: str) -> bytes:
     return f"{prefix}signalbus:history:{channel}".encode()
 
 
+def epoch_key(prefix: str) -> bytes:
+    """A key whose random value names the server's data: made by the first bus that
+    asks, it goes when the data goes (a restart without persistence, a flush), which
+    is how a process tells that a history stream it knew was lost and made anew."""
+    return f"{prefix}signalbus:epoch".encode()
+
+
 # KEYS are the streams of the batch. ARGV holds, per stream in KEYS order, its max
 # count and min id ("0": no age limit); then, per event, its stream's index (0: not
 # kept), its channel and its envelope (signed or not). Errors are returned per event

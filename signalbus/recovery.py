@@ -1,35 +1,52 @@
 """Gap recovery: across a reconnect, no event lost and none delivered twice.
 
 A subscribing bus keeps, per channel, its position in the channel's history stream:
-the entry id of the last event it dispatched, or, before the first, where the stream
-ended when it subscribed. After a reconnect the reader subscribes again and tells
-the dispatcher, in order with the messages; the dispatcher then reads what the
-stream holds after its position and dispatches that, before the live events that
-follow. An event whose id it dispatched already is dropped: a live event that the
-catch-up delivered, or a second copy from a publisher that retried after a failure.
-When the stream no longer holds the position (trimmed, or lost in a restart without
-persistence), events may be missing: that gap is logged, counted and sent as
-:data:`history_gap`, never passed over in silence.
+the last event it dispatched, and an anchor, where the stream ended (its last entry
+id and how many entries had ever been added to it) when the bus last caught up.
+After a reconnect the reader subscribes again and tells the dispatcher, in order
+with the messages; the dispatcher then reads what the stream holds after its
+position and dispatches that, before the live events that follow.
+
+Positions are checked against the stream, never taken on a message's word: the entry
+id a message carries is appended by the server outside any signature, so the last
+event dispatched counts as a position only if the stream holds that very event
+(its sender and number) under that id. Otherwise delivery resumes from the anchor,
+and what was dispatched already is dropped as a second copy. An event is a second
+copy when its sender's number is not higher than the last one dispatched from that
+sender on that channel: a bus publishes in the order of its numbers (see
+:mod:`signalbus.publisher`), and a channel's history holds them in that order too.
+
+Events may be missing when the stream no longer holds everything added after the
+position: it was trimmed past it, entries after it were deleted, or Redis lost its
+data (a restart without persistence, a flush: a key of the bus's own, the epoch,
+tells). That gap is logged, counted and sent as :data:`history_gap`, never passed
+over in silence, whether or not the bus had received anything on the channel yet.
+
+A ``connect()`` that returned before Redis confirmed the subscription (Redis was
+away) is caught up too: once subscribed, the channel's events from the moment
+``connect()`` gave up waiting are delivered from history.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import itertools
+import os
 import threading
-from collections.abc import Callable, Collection, Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import blinker
 import redis
 
 from .codec import Codec, Envelope
-from .errors import TransportError
-from .history import decoded, entries
+from .errors import DecodingError
+from .history import decoded, entries, epoch_key
 from .stats import Stats, ThrottledLog
 from .transport import NETWORK_ERRORS, Backoff
 
-__all__ = ["Recovery", "history_gap"]
+__all__ = ["Recovery", "Subscribed", "history_gap"]
 
 history_gap = blinker.NamedSignal(
     "signalbus.history-gap",
@@ -42,36 +59,87 @@ history_gap = blinker.NamedSignal(
 )
 
 StreamId = tuple[int, int]
-_START: StreamId = (0, 0)  # before every entry: a stream that was empty or absent
-_NOWHERE: StreamId = (-1, -1)  # no position known
 
 MAX_SENDERS = 4096
-"""Sending buses remembered per channel; past that, the half seen first is forgotten."""
+"""Sending buses remembered per channel; past that, the half seen longest ago is forgotten."""
 
 
-def parse_id(text: str) -> StreamId:
+class Subscribed(NamedTuple):
+    """In place of a message: the channel was subscribed, for the first time.
+
+    ``since`` is the ``time.monotonic()`` from which its events are this process's:
+    when Redis confirmed the subscription, or earlier, when ``connect()`` gave up
+    waiting for that.
+    """
+
+    since: float
+
+
+def parse_id(text: str | bytes) -> StreamId:
     """A stream entry id as a pair of ints, which compare as ids do."""
+    if isinstance(text, bytes):
+        text = text.decode()
     milliseconds, _, sequence = text.partition("-")
     return int(milliseconds), int(sequence or 0)
-
-
-def _parse_or_none(text: str) -> StreamId | None:
-    try:
-        return parse_id(text)
-    except ValueError:  # not an id: forged, or garbage
-        return None
 
 
 def format_id(position: StreamId) -> str:
     return f"{position[0]}-{position[1]}"
 
 
+class _Anchor(NamedTuple):
+    """Where a stream ended when this process last caught up."""
+
+    last_id: StreamId
+    added: int | None
+    """Entries ever added to it then (None: Redis before 7.0 does not tell)."""
+    epoch: bytes | None
+    """The server's data epoch then (see :func:`signalbus.history.epoch_key`)."""
+
+
+@dataclasses.dataclass
+class _Position:
+    """One channel's place in its stream, in this process."""
+
+    anchor: _Anchor
+    last: Envelope | None = None
+    """The last kept event dispatched: its stream id, sender and number."""
+
+
+class _Stream(NamedTuple):
+    """What XINFO STREAM says of a stream now (an absent one is empty)."""
+
+    last_id: StreamId
+    added: int | None
+    length: int
+    first_id: StreamId | None
+    max_deleted: StreamId
+
+    @property
+    def removed(self) -> bool:
+        """Whether entries were ever taken out of it (trimmed or deleted)."""
+        return self.added is not None and self.added > self.length
+
+    @classmethod
+    def of(cls, info: Any) -> _Stream:
+        if info is None:
+            return cls((0, 0), 0, 0, None, (0, 0))
+        first = info.get("first-entry")
+        added = info.get("entries-added")
+        return cls(
+            parse_id(info["last-generated-id"]),
+            None if added is None else int(added),
+            int(info["length"]),
+            parse_id(first[0]) if first else None,
+            parse_id(info.get("max-deleted-entry-id", b"0-0")),
+        )
+
+
 class Recovery:
     """Positions per channel, duplicate detection, and catching up after a reconnect.
 
     ``stream_for(channel_key)`` names the channel and its stream, or is ``None`` when
-    this process keeps no history for it. ``locate`` runs in whichever thread
-    subscribes; everything else in the dispatcher thread.
+    this process keeps no history for it. Everything runs in the dispatcher thread.
     """
 
     def __init__(
@@ -81,6 +149,7 @@ class Recovery:
         stream_for: Callable[[bytes], tuple[str, bytes] | None],
         own_token: bytes,
         *,
+        prefix: str,
         gap_sender: Any,
         stats: Stats,
         log: ThrottledLog,
@@ -90,82 +159,68 @@ class Recovery:
         self._codec = codec
         self._stream_for = stream_for
         self._own_token = own_token
+        self._epoch_key = epoch_key(prefix)
         self._gap_sender = gap_sender
         self._stats = stats
         self._log = log
         self._stopping = stopping
-        self._seen: dict[bytes, str] = {}  # the stream id of the last event dispatched
-        self._start: dict[bytes, StreamId] = {}  # where the stream ended on subscribing
+        self._positions: dict[bytes, _Position] = {}
         self._last_seq: dict[bytes, dict[bytes, int]] = {}  # per channel, per sending bus
-
-    def locate(self, channel_keys: Collection[bytes]) -> None:
-        """Note where the streams of ``channel_keys`` end now, before subscribing to them.
-
-        Raises :class:`TransportError` if Redis cannot be reached; a channel whose
-        stream Redis refuses to read is logged, and not recovered.
-        """
-        streams = [(key, found) for key in channel_keys if (found := self._stream_for(key))]
-        if not streams:
-            return
-        pipeline = self._client.pipeline(transaction=False)
-        for _, (_, stream) in streams:
-            pipeline.xrevrange(stream, count=1)
-        try:
-            replies = pipeline.execute(raise_on_error=False)
-        except redis.RedisError as exc:
-            raise TransportError(f"cannot read where history streams end: {exc}") from exc
-        for (key, (channel, _)), last in zip(streams, replies, strict=True):
-            if isinstance(last, Exception):  # e.g. an ACL that forbids reading streams
-                self._log.warning(f"locate:{channel}", "no gap recovery for %r: %s", channel, last)
-                continue
-            position = parse_id(last[0][0].decode()) if last else _START
-            self._start[key] = max(position, self._start.get(key, position))
 
     def is_repeat(self, channel_key: bytes, envelope: Envelope) -> bool:
         """Whether ``envelope`` was dispatched already; else note that it is now.
 
-        A bus publishes its events in the order of their sequence numbers (see
-        ``Bus._publish``), and a channel's history holds them in that order too, so
-        per channel and sending bus an event is new only if its number is higher than
-        the last one dispatched: a dict look-up, on every event's path.
+        Per channel and sending bus, an event is new only if its number is higher
+        than the last one dispatched (see the module's doc): a look-up and a move to
+        the end (the senders seen longest ago are forgotten first), on every event's path.
         """
         senders = self._last_seq.get(channel_key)
         if senders is None:
             senders = self._last_seq[channel_key] = {}
         token, seq = envelope.token, envelope.seq
-        if seq <= senders.get(token, 0):
+        last = senders.pop(token, 0)
+        if seq <= last:
+            senders[token] = last
             return True
         senders[token] = seq
-        if len(senders) > MAX_SENDERS:  # forget the senders seen first: long gone, mostly
+        if len(senders) > MAX_SENDERS:
             for old in list(senders)[: MAX_SENDERS // 2]:
                 del senders[old]
         if envelope.stream_id is not None:
-            self._seen[channel_key] = envelope.stream_id
+            position = self._positions.get(channel_key)
+            if position is not None:
+                position.last = envelope
         return False
 
-    def _position(self, channel_key: bytes) -> StreamId:
-        """Where to resume: the last event dispatched, else where the stream ended on
-        subscribing (a forged, malformed stream id counts for nothing)."""
-        seen = _parse_or_none(self._seen.get(channel_key, ""))
-        return max(seen or _NOWHERE, self._start.get(channel_key, _NOWHERE))
+    def subscribed(self, channel_key: bytes, since: float) -> Iterator[Envelope]:
+        """The channel was just subscribed: note where its stream ends, and the events
+        kept from ``since`` on (a ``time.monotonic()``), which the subscription may
+        not have seen."""
+        return self._retrying(
+            channel_key, lambda channel, stream: self._start(channel_key, channel, stream, since)
+        )
 
     def catch_up(self, channel_key: bytes) -> Iterator[Envelope]:
-        """The events of ``channel_key`` kept after this process's position, oldest first.
+        """The events of ``channel_key`` kept after this process's position, oldest first."""
+        return self._retrying(
+            channel_key, lambda channel, stream: self._resume(channel_key, channel, stream)
+        )
 
-        A failure to read is retried with backoff until it succeeds or the bus stops:
-        live events wait meanwhile, as they must to stay in order.
-        """
+    def _retrying(
+        self, channel_key: bytes, read: Callable[[str, bytes], Iterator[Envelope]]
+    ) -> Iterator[Envelope]:
+        """``read(channel, stream)``, tried again with backoff after a network failure
+        until it succeeds or the bus stops: live events wait meanwhile, as they must
+        to stay in order. What was dispatched before a failure is dropped as a second
+        copy when it is read again."""
         found = self._stream_for(channel_key)
         if found is None:
             return
         channel, stream = found
         backoff = Backoff(self._stopping)
         while not self._stopping.is_set():
-            position = self._position(channel_key)
-            if position == _NOWHERE:  # never located, nothing dispatched: no place to resume
-                return
             try:
-                yield from self._after(channel, stream, position)
+                yield from read(channel, stream)
                 return
             except NETWORK_ERRORS as exc:
                 self._log.warning(
@@ -173,42 +228,154 @@ class Recovery:
                 )
                 backoff.wait()
             except redis.ResponseError as exc:  # e.g. an ACL that forbids reading streams
-                self._gap(channel, position, None, f"Redis refused to read its history: {exc}")
+                self._stats.add("gaps")
+                self._log.warning(
+                    f"no-recovery:{channel}",
+                    "events on %r may be lost across reconnects: Redis refused to read its "
+                    "history: %s",
+                    channel,
+                    exc,
+                )
                 return
 
-    def _after(self, channel: str, stream: bytes, position: StreamId) -> Iterator[Envelope]:
-        found = entries(self._client, stream, format_id(position))
-        if position != _START:
-            first = next(found, None)
-            if first is None or parse_id(first[0]) != position:
-                reason = "its history no longer holds that entry"
-                self._gap(channel, position, first and first[0], reason)
-                if first is not None:
-                    found = itertools.chain([first], found)
+    def _start(
+        self, channel_key: bytes, channel: str, stream: bytes, since: float
+    ) -> Iterator[Envelope]:
+        info, epoch, (seconds, microseconds) = self._state(stream, [_time])
+        state = _Stream.of(info)
+        self._positions[channel_key] = _Position(_Anchor(state.last_id, state.added, epoch))
+        # The server's clock at ``since``, to the millisecond after: an event kept in
+        # the same millisecond may have been sent before, and is not this process's.
+        elapsed = int(1000 * (time.monotonic() - since))
+        start = (seconds * 1000 + microseconds // 1000 - elapsed + 1, 0)
+        if state.removed and (state.first_id is None or state.first_id > start):
+            self._gap(
+                channel,
+                format_id(start),
+                state.first_id,
+                "its history no longer reaches back to when this process subscribed",
+            )
+        yield from self._kept(channel, stream, format_id(start))
+
+    def _resume(self, channel_key: bytes, channel: str, stream: bytes) -> Iterator[Envelope]:
+        position = self._positions.get(channel_key)
+        if position is None:  # reading its history was refused when it was subscribed
+            return
+        last = position.last
+        last_id = None if last is None else last.stream_id
+        checks = last_id is not None and _parse_or_none(last_id) is not None
+        info, epoch, *held = self._state(stream, [_entry(stream, last_id)] if checks else [])
+        state = _Stream.of(info)
+        if last is not None and checks and self._holds(held[0], last):
+            yield from self._kept(channel, stream, f"({last_id}")
+        else:
+            anchor = position.anchor
+            why = _loss(anchor, state, epoch)
+            if why is not None:
+                self._gap(channel, last_id or format_id(anchor.last_id), state.first_id, why)
+            elif last_id is not None:  # not lost, not held: an id the stream never gave it
+                self._stats.add("invalid")
+                self._log.warning(
+                    f"forged-position:{channel}",
+                    "an event on %r named entry %r, which its history does not hold for it; "
+                    "resuming from entry %s instead",
+                    channel,
+                    last_id,
+                    format_id(anchor.last_id),
+                )
+            yield from self._kept(channel, stream, f"({format_id(anchor.last_id)}")
+        position.anchor = _Anchor(state.last_id, state.added, epoch)
+
+    def _state(self, stream: bytes, commands: list[Callable[[Any], object]]) -> list[Any]:
+        """The stream's XINFO and the data epoch, then ``commands``' replies, in one
+        round trip. A refused command raises, but XINFO of an absent stream is None."""
+        pipeline = self._client.pipeline(transaction=False)
+        pipeline.xinfo_stream(stream)
+        # Made by the first bus to ask; it disappears with the data, as a restart
+        # without persistence or a flush does. Refused by an ACL: no epoch to compare.
+        pipeline.set(self._epoch_key, os.urandom(8).hex(), nx=True)
+        pipeline.get(self._epoch_key)
+        for command in commands:
+            command(pipeline)
+        info, _, epoch, *rest = pipeline.execute(raise_on_error=False)
+        if isinstance(info, redis.ResponseError) and "no such key" in str(info):
+            info = None
+        for reply in (info, *rest):
+            if isinstance(reply, Exception):
+                raise reply
+        return [info, None if isinstance(epoch, Exception) else epoch, *rest]
+
+    def _holds(self, found: list[tuple[bytes, dict[bytes, bytes]]], last: Envelope) -> bool:
+        """Whether the entry ``found`` at ``last``'s stream id is that very event."""
+        if len(found) != 1:
+            return False
+        try:
+            kept = self._codec.decode(found[0][1].get(b"e", b""), stored=True)
+        except DecodingError:
+            return False
+        return (kept.token, kept.seq) == (last.token, last.seq)
+
+    def _kept(self, channel: str, stream: bytes, start: str) -> Iterator[Envelope]:
+        """The events of others kept from ``start`` on (``"(" + id`` excludes it)."""
         skipped = functools.partial(self._stats.add, "invalid")
-        for envelope, _ in decoded(self._codec, channel, found, skipped):
+        for envelope, _ in decoded(
+            self._codec, channel, entries(self._client, stream, start), skipped
+        ):
             if envelope.token == self._own_token:  # delivered in this process when sent
                 continue
             self._stats.add("recovered")
             yield envelope
 
-    def _gap(self, channel: str, last_seen: StreamId, first_kept: str | None, why: str) -> None:
+    def _gap(self, channel: str, last_seen: str, first_kept: StreamId | None, why: str) -> None:
+        kept = None if first_kept is None else format_id(first_kept)
         self._stats.add("gaps")
         self._log.warning(
             f"gap:{channel}",
             "events on %r may be lost: this process had reached entry %s and %s; "
             "delivery resumes at %s",
             channel,
-            format_id(last_seen),
+            last_seen,
             why,
-            first_kept or "the next event",
+            kept or "the next event",
         )
         try:
             history_gap.send(
-                self._gap_sender,
-                channel=channel,
-                last_seen=format_id(last_seen),
-                first_kept=first_kept,
+                self._gap_sender, channel=channel, last_seen=last_seen, first_kept=kept
             )
         except Exception:
             self._log.warning("gap-receiver", "a history_gap receiver raised", exc_info=True)
+
+
+def _time(pipeline: Any) -> object:
+    return pipeline.time()
+
+
+def _entry(stream: bytes, entry_id: str | None) -> Callable[[Any], object]:
+    return lambda pipeline: pipeline.xrange(stream, entry_id, entry_id)
+
+
+def _parse_or_none(text: str) -> StreamId | None:
+    try:
+        return parse_id(text)
+    except ValueError:  # not an id: forged, or garbage
+        return None
+
+
+def _loss(anchor: _Anchor, state: _Stream, epoch: bytes | None) -> str | None:
+    """Why events added after ``anchor`` may be missing from the stream now, if they may."""
+    if anchor.epoch is not None and epoch is not None and epoch != anchor.epoch:
+        return "Redis lost its data since (a restart without persistence, or a flush)"
+    if state.first_id is not None and state.first_id <= anchor.last_id:
+        # Trimming takes the oldest entries: everything after the anchor is still there,
+        # but what was deleted one by one.
+        if state.max_deleted > anchor.last_id:
+            return "entries after it were deleted"
+        return None
+    if anchor.added is None or state.added is None:  # Redis before 7.0: cannot tell
+        return None
+    added = state.added - anchor.added
+    if added < 0:
+        return "its history was made anew since"
+    if added > state.length:
+        return "its history no longer holds every event added since"
+    return None

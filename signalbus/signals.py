@@ -7,6 +7,7 @@ bus (its own, or the default one made by ``configure()``) it is plain blinker.
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc as c
 import contextlib
 import sys
@@ -318,7 +319,11 @@ class Signal(blinker.NamedSignal):
             return await super().send_async(sender, _sync_wrapper=_sync_wrapper, **kwargs)
         if self.is_muted:
             return []
-        event = bus._publish(self, sender, kwargs)
+        # Waiting for room in the queue, or for Redis in synchronous mode, happens in a
+        # worker thread: the event loop never blocks on Redis.
+        event = bus._publish(self, sender, kwargs, wait=False)
+        if event is None:
+            event = await asyncio.to_thread(bus._publish, self, sender, kwargs)
         token = _current.set(event)
         try:
             return await super().send_async(sender, _sync_wrapper=_sync_wrapper, **kwargs)

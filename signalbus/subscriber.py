@@ -18,7 +18,6 @@ history holds that it missed (see :mod:`signalbus.recovery`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import threading
@@ -26,13 +25,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import event as event_module
 from .codec import ENVELOPE_TAIL, REPLAY_HEAD, Codec, Envelope
 from .errors import DecodingError, SubscribeError, TransportError, ValidationError
 from .handoff import Handoff
-from .recovery import Recovery
+from .recovery import Recovery, Subscribed
 from .schema import validated
 from .stats import Stats, ThrottledLog
 from .transport import Backoff, Refusal, SubscribeConnection
@@ -49,6 +48,9 @@ _POLL = 0.25
 CATCH_UP = None
 """In place of a message: the channel was subscribed again after a reconnect."""
 
+Message = bytes | Subscribed | None
+"""What the reader hands the dispatcher: a message's bytes, or a marker."""
+
 
 class Subscriber:
     """Owns the subscriber connection and the reader and dispatcher threads."""
@@ -56,12 +58,11 @@ class Subscriber:
     def __init__(
         self,
         connection: SubscribeConnection,
-        dispatch: Callable[[bytes, bytes | None], None],
+        dispatch: Callable[[bytes, Message], None],
         is_wanted: Callable[[bytes], bool],
         own_token: bytes,
         *,
         envelope_offset: int = 0,
-        locate: Callable[[Collection[bytes]], None],
         stats: Stats,
         log: ThrottledLog,
         backlog: int,
@@ -70,21 +71,23 @@ class Subscriber:
     ) -> None:
         self._conn = connection
         self._dispatch = dispatch
-        self._locate = locate
         self._own_tail = ENVELOPE_TAIL + own_token  # after the array's size: 8 or 9
         self._envelope_at = envelope_offset  # after a signature, on a signing bus
         self._is_wanted = is_wanted
         self._stats = stats
         self._log = log
         self._keepalive = keepalive
-        self._handoff: Handoff[tuple[bytes, bytes | None]] = Handoff(backlog)
-        self._lock = threading.Lock()
+        self._handoff: Handoff[tuple[bytes, Message]] = Handoff(backlog)
+        self._lock = threading.Lock()  # never held across I/O
         self._wanted: set[bytes] = set()
         self._confirmed: set[bytes] = set()
         self._confirmed_once: set[bytes] = set()  # wanted, and subscribed at least once
         self._pending: dict[bytes, threading.Event] = {}
         self._refused: dict[bytes, str] = {}  # channel -> why Redis refused to subscribe
+        self._late: dict[bytes, float] = {}  # channel -> when connect() stopped waiting
+        self._unanswered = False  # a wait for confirmation failed; nothing heard since
         self._released: deque[bytes] = deque()
+        self._to_subscribe: deque[bytes] = deque()  # for the reader to write
         self._stopping = stopping
         self._threads: list[threading.Thread] = []
         self._heard = False
@@ -97,9 +100,13 @@ class Subscriber:
         """Subscribe, and wait up to ``timeout`` for the server to confirm.
 
         Returns whether every channel is confirmed. Channels stay wanted either way:
-        the reader subscribes them whenever it (re)connects; but a channel Redis
-        refuses (an ACL without it) is dropped, and raises :class:`SubscribeError`.
+        the reader subscribes them whenever it (re)connects, and events sent after
+        this call gave up waiting are caught up from history once it has; but a
+        channel Redis refuses (an ACL without it) is dropped, and raises
+        :class:`SubscribeError`. No I/O is waited on here, and once a wait has gone
+        unanswered the next calls do not wait until the server is heard again.
         """
+        deadline = time.monotonic() + timeout
         with self._lock:
             for channel in channels:
                 self._refused.pop(channel, None)
@@ -110,19 +117,22 @@ class Subscriber:
                 for channel in channels
                 if channel not in self._confirmed
             ]
-            # Unconnected, the reader locates and subscribes when it connects; so a
-            # forked child does no I/O here, in its fork hook.
-            if new and self._conn.connected:
-                with contextlib.suppress(TransportError):
-                    self._locate(new)
-                self._conn.write(b"SUBSCRIBE", new)
+            unanswered = self._unanswered
+        # Written here if the socket is free, else by the reader; unconnected, the
+        # reader subscribes when it connects, so a forked child does no I/O here.
+        if new and not self._conn.write(b"SUBSCRIBE", lambda: new, blocking=False):
+            self._to_subscribe.extend(new)
         self.start()
-        deadline = time.monotonic() + timeout
-        for confirmation in waits:
-            confirmation.wait(max(0.0, deadline - time.monotonic()))
+        if not unanswered:
+            for confirmation in waits:
+                confirmation.wait(max(0.0, deadline - time.monotonic()))
         with self._lock:
             refused = {c: self._refused.pop(c) for c in channels if c in self._refused}
-            confirmed = all(channel in self._confirmed for channel in channels)
+            late = [c for c in channels if c in self._wanted and c not in self._confirmed]
+            now = time.monotonic()
+            for channel in late:
+                self._late.setdefault(channel, now)
+            self._unanswered = self._unanswered or bool(late)
         if refused:
             raise SubscribeError(
                 "Redis refused to subscribe to "
@@ -130,7 +140,7 @@ class Subscriber:
                 + ": the Redis user's ACL must allow the channel (e.g. &auth.*); "
                 "its receivers get no events from other processes"
             )
-        return confirmed
+        return not late
 
     def release(self, channel: bytes) -> None:
         """Note that ``channel`` may have lost its last receiver.
@@ -203,14 +213,19 @@ class Subscriber:
     def _connect(self, reconnecting: bool) -> None:
         with self._lock:
             self._confirmed.clear()
-            self._locate(self._wanted - self._confirmed_once)
-            self._conn.connect(self._wanted)
-            count = len(self._wanted)
+            self._to_subscribe.clear()  # connecting subscribes to all that is wanted
+        self._conn.connect(self._wanted_now)
         self._heard, self._ping_sent = False, None
         self._quiet_since = time.monotonic()
         if reconnecting:
             self._stats.add("reconnects")
-            logger.info("signalbus: reconnected, subscribing to %d channels again", count)
+            logger.info(
+                "signalbus: reconnected, subscribing to %d channels again", len(self._wanted)
+            )
+
+    def _wanted_now(self) -> list[bytes]:
+        with self._lock:
+            return list(self._wanted)
 
     def _give_up_waiting(self) -> None:
         """Wake every ``subscribe()`` waiting for a confirmation that cannot come now."""
@@ -225,6 +240,7 @@ class Subscriber:
             self._on_quiet()
             return
         self._heard = True
+        self._unanswered = False
         if type(reply) is list and reply[0] == b"message":
             data = reply[2]
             at = self._envelope_at
@@ -239,8 +255,17 @@ class Subscriber:
             self._on_confirmation(reply[0], reply[1])
         elif isinstance(reply, Refusal):
             self._on_refusal(reply)
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Unsubscribe what lost its receivers; subscribe what callers could not."""
         if self._released:
             self._unsubscribe_released()
+        if self._to_subscribe:
+            channels = set()
+            while self._to_subscribe:
+                channels.add(self._to_subscribe.popleft())
+            self._conn.write(b"SUBSCRIBE", lambda: [c for c in channels if c in self._wanted])
 
     def _on_confirmation(self, kind: bytes, channel: bytes) -> None:
         with self._lock:
@@ -251,7 +276,10 @@ class Subscriber:
                 self._confirmed.add(channel)
                 if channel in self._confirmed_once:  # again, after a reconnect
                     self._handoff.put((channel, CATCH_UP))
-                self._confirmed_once.add(channel)
+                else:
+                    since = self._late.pop(channel, None) or time.monotonic()
+                    self._handoff.put((channel, Subscribed(since)))
+                    self._confirmed_once.add(channel)
             confirmation = self._pending.pop(channel, None)
         if confirmation is not None:
             confirmation.set()
@@ -265,6 +293,7 @@ class Subscriber:
         with self._lock:
             self._wanted.discard(channel)
             self._confirmed_once.discard(channel)
+            self._late.pop(channel, None)
             self._refused[channel] = refusal.error
             confirmation = self._pending.pop(channel, None)
         self._log.warning(
@@ -288,9 +317,8 @@ class Subscriber:
                 return
 
     def _on_quiet(self) -> None:
-        """Between messages: unsubscribe what lost its receivers, ping a silent server."""
-        if self._released:
-            self._unsubscribe_released()
+        """Between messages: (un)subscribe what is pending, ping a silent server."""
+        self._write_pending()
         now = time.monotonic()
         if self._heard:
             self._heard, self._ping_sent, self._quiet_since = False, None, now
@@ -305,13 +333,19 @@ class Subscriber:
         candidates = set()
         while self._released:
             candidates.add(self._released.popleft())
-        with self._lock:
-            unwanted = [c for c in candidates if c in self._wanted and not self._is_wanted(c)]
-            self._wanted.difference_update(unwanted)
-            self._confirmed.difference_update(unwanted)
-            self._confirmed_once.difference_update(unwanted)
-            if unwanted:
-                self._conn.write(b"UNSUBSCRIBE", unwanted)
+
+        def unwanted() -> list[bytes]:
+            # Decided under the write lock: a caller's SUBSCRIBE cannot come between.
+            with self._lock:
+                found = [c for c in candidates if c in self._wanted and not self._is_wanted(c)]
+                self._wanted.difference_update(found)
+                self._confirmed.difference_update(found)
+                self._confirmed_once.difference_update(found)
+                for channel in found:
+                    self._late.pop(channel, None)
+                return found
+
+        self._conn.write(b"UNSUBSCRIBE", unwanted)
 
     # -- the dispatcher thread -----------------------------------------------------
 
@@ -354,9 +388,14 @@ class Dispatcher:
         self._stats = stats
         self._log = log
 
-    def __call__(self, channel_key: bytes, data: bytes | None) -> None:
-        if data is CATCH_UP:
-            for envelope in self._recovery.catch_up(channel_key):
+    def __call__(self, channel_key: bytes, data: Message) -> None:
+        if type(data) is not bytes:
+            recovered = (
+                self._recovery.catch_up(channel_key)
+                if data is CATCH_UP
+                else self._recovery.subscribed(channel_key, cast(Subscribed, data).since)
+            )
+            for envelope in recovered:
                 self._deliver(channel_key, envelope)
             return
         self._stats.received += 1

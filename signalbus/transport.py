@@ -166,6 +166,15 @@ class PublishConnection:
         self._on_trim_warning = on_trim_warning  # trimming dropped what a group needs, or failed
         self._script_loaded = False
         self._loads: deque[bool] = deque()  # per write, in order: did it load the script?
+        # After a failure, nothing more is written until close(): redis-py would connect
+        # again by itself, and a write on a new connection while replies of the old one
+        # are still awaited would have them misread, and newer events overtake older.
+        self._failed = False
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and not failed: a write now starts no connection."""
+        return bool(self._conn.is_connected) and not self._failed
 
     def write(self, events: Sequence[Outgoing]) -> None:
         """Write ``events`` in one system call."""
@@ -180,9 +189,12 @@ class PublishConnection:
             for channel, data, _ in events:
                 parts += (_publish_head(channel), *_bulk_parts(data))
             buffer = b"".join(parts)
+        if self._failed:
+            raise TransportError("the connection failed; it must be closed and started again")
         try:
             self._conn.send_packed_command([buffer], check_health=False)
         except NETWORK_ERRORS as exc:
+            self._failed = True
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
         self._script_loaded |= loads
         self._loads.append(loads)
@@ -220,6 +232,7 @@ class PublishConnection:
             load_reply = self._read_reply() if loaded else None
             reply = self._read_reply()
         except NETWORK_ERRORS as exc:
+            self._failed = True
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
         if isinstance(reply, NoScriptError):
             # The server's script cache was flushed: start again on a fresh connection.
@@ -232,15 +245,6 @@ class PublishConnection:
         for warning in warnings:
             self._on_trim_warning(warning.decode(errors="replace"))
         return [self._error_or_none(result) for result in results]
-
-    def publish(self, events: Sequence[Outgoing]) -> list[Exception | None]:
-        """Write and wait for the replies: one round trip."""
-        try:
-            self.write(events)
-            return self.read_replies(events)
-        except TransportError:
-            self.close()
-            raise
 
     def _read_reply(self) -> Any:
         try:
@@ -256,6 +260,7 @@ class PublishConnection:
         self._conn.disconnect()
         self._script_loaded = False
         self._loads.clear()
+        self._failed = False
 
 
 class Refusal(NamedTuple):
@@ -285,32 +290,41 @@ class SubscribeConnection:
     def connected(self) -> bool:
         return bool(self._conn.is_connected)
 
-    def connect(self, channels: Iterable[bytes]) -> None:
-        """(Re)connect and subscribe to ``channels``; raises :class:`TransportError`."""
+    def connect(self, channels: Callable[[], Iterable[bytes]]) -> None:
+        """(Re)connect and subscribe to ``channels()``, asked once connected (so that a
+        channel wanted meanwhile is in); raises :class:`TransportError`."""
         with self._write_lock:
             self._conn.disconnect()
             self._owed.clear()
             try:
                 self._conn.connect()
-                self._write_unlocked(b"SUBSCRIBE", channels)
+                self._write_unlocked(b"SUBSCRIBE", channels())
             except (*NETWORK_ERRORS, RedisError) as exc:
                 self._conn.disconnect()
                 raise TransportError(f"cannot subscribe: {exc}") from exc
 
-    def write(self, command: bytes, channels: Iterable[bytes]) -> bool:
-        """Send ``command`` for ``channels`` if connected; the reader gets the reply.
+    def write(
+        self, command: bytes, channels: Callable[[], Iterable[bytes]], *, blocking: bool = True
+    ) -> bool:
+        """Send ``command`` for ``channels()`` (asked under the write lock) if connected;
+        the reader gets the reply.
 
-        Returns False when not connected: the reader subscribes to what is wanted
-        when it reconnects. A failed write is left for the reader to notice.
+        Returns False when not connected, or with ``blocking=False`` when another
+        thread is writing: the reader subscribes to what is wanted when it connects. A
+        failed write is left for the reader to notice.
         """
-        with self._write_lock:
+        if not self._write_lock.acquire(blocking=blocking):
+            return False
+        try:
             if not self._conn.is_connected:
                 return False
             try:
-                self._write_unlocked(command, channels)
+                self._write_unlocked(command, channels())
             except NETWORK_ERRORS:
                 return False
             return True
+        finally:
+            self._write_lock.release()
 
     def _write_unlocked(self, command: bytes, args: Iterable[bytes]) -> None:
         args = list(args)
@@ -329,7 +343,7 @@ class SubscribeConnection:
         self._conn.send_packed_command(self._conn.pack_commands(commands), check_health=False)
 
     def ping(self) -> bool:
-        return self.write(b"PING", ())
+        return self.write(b"PING", tuple)
 
     def read(self, timeout: float) -> Any:
         """The next reply, or None after ``timeout`` seconds without one.

@@ -3,16 +3,20 @@ garbage on the channel, receivers slower than the events."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 import msgpack
 import pytest
 import redis
 
-from signalbus import Bus, Namespace
+from signalbus import Bus, Namespace, PublishError
 from signalbus.testing import Ledger, RedisServer
+from signalbus.transport import Outgoing, PublishConnection
 
 from .helpers import Recorder, wait_for
 
@@ -254,3 +258,161 @@ def test_a_paused_server_makes_drop_drop_instead_of_holding_senders(
         stats = bus.stats()
         assert stats["published"] + stats["dropped"] >= 201
         assert stats["dropped"] < 201
+
+
+def test_a_burst_after_redis_restarted_while_the_sender_was_idle_arrives_whole_and_in_order(
+    prefix: str,
+) -> None:
+    """The burst's first event is written by send() itself on the connection the crash
+    left dead; the next write fails. What was written and not answered must go out
+    again before anything newer, on a fresh connection, so that no receiver takes the
+    older event for a second copy (issue 11, item 2)."""
+    ledger = Ledger()
+    sent = 0
+    with (
+        RedisServer(["--appendonly", "yes", "--appendfsync", "always"]) as server,
+        Bus(server.url, prefix=prefix) as sender_bus,
+        Bus(server.url, prefix=prefix) as receiver_bus,
+    ):
+        Namespace("auth", bus=receiver_bus).signal("logged-in").connect(ledger.receiver)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        for _ in range(5):
+            signal.send("web", n=sent)
+            sent += 1
+            ledger.wait(sent)  # then the sender is idle
+            server.stop()  # SIGKILL: a crash, with every write on disk
+            server.start()
+            for _ in range(20):  # a burst
+                signal.send("web", n=sent)
+                sent += 1
+            assert sender_bus.flush(20)
+            ledger.wait(sent)
+        ledger.check_exactly_once_in_order(sent)
+        assert sender_bus.stats()["dropped"] == 0
+
+
+@pytest.fixture
+def frozen(own_server: RedisServer) -> Iterator[RedisServer]:
+    """The test's own server, which the test may freeze (SIGSTOP); thawed at teardown."""
+    try:
+        yield own_server
+    finally:
+        own_server.resume()
+
+
+def _timed(call: Callable[[], object]) -> float:
+    started = time.monotonic()
+    with contextlib.suppress(PublishError):
+        call()
+    return time.monotonic() - started
+
+
+def test_many_threads_sending_to_a_frozen_server_each_wait_at_most_block_timeout(
+    frozen: RedisServer, prefix: str
+) -> None:
+    """No process-wide lock is held while a send waits for room: eight threads whose
+    sends meet a full queue each give up after block_timeout, side by side, not one
+    after the other (issue 11, item 4)."""
+    block_timeout = 0.5
+    with Bus(
+        frozen.url, prefix=prefix, queue_size=10, queue_full="block", block_timeout=block_timeout
+    ) as bus:
+        signal = Namespace("auth", bus=bus).signal("logged-in")
+        signal.send("web", n=-1)
+        assert bus.flush(5)
+        frozen.pause()
+        with pytest.raises(PublishError):  # the publisher holds a batch; the queue fills
+            for n in range(100):
+                signal.send("web", n=n)
+        took: list[float] = []
+        threads = [
+            threading.Thread(target=lambda: took.append(_timed(lambda: signal.send("web", n=0))))
+            for _ in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(took) == 8
+        assert max(took) < block_timeout + 1.0, took
+        bus.close(timeout=0.1)
+
+
+def test_large_events_to_a_frozen_server_never_hold_up_send(
+    frozen: RedisServer, prefix: str
+) -> None:
+    """send() writes to the socket itself only small events into empty socket buffers:
+    32 kB events to a server that stopped reading are queued, never written by the
+    caller until the socket timeout (issue 11, item 4)."""
+    with Bus(frozen.url, prefix=prefix, block_timeout=0.5) as bus:
+        signal = Namespace("auth", bus=bus).signal("logged-in")
+        signal.send("web", n=-1)
+        assert bus.flush(5)
+        frozen.pause()
+        pause = threading.Event()
+        took = []
+        for n in range(200):  # far more than the socket buffers hold
+            took.append(_timed(lambda n=n: signal.send("web", n=n, blob="x" * 32_000)))
+            pause.wait(0.001)  # a quiet bus: each event would be written directly
+        assert max(took) < 1.0, max(took)
+        frozen.resume()
+        assert bus.flush(20)
+        assert bus.stats()["published"] == 201
+
+
+def test_send_async_never_blocks_the_event_loop(frozen: RedisServer, prefix: str) -> None:
+    """A send_async() that meets a full queue waits in a worker thread: the loop goes on."""
+    with Bus(frozen.url, prefix=prefix, queue_size=5, queue_full="block", block_timeout=1.0) as bus:
+        signal = Namespace("auth", bus=bus).signal("logged-in")
+        signal.send("web", n=-1)
+        assert bus.flush(5)
+        frozen.pause()
+        with pytest.raises(PublishError):
+            for n in range(100):
+                signal.send("web", n=n)
+
+        async def main() -> int:
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            with pytest.raises(PublishError):
+                await signal.send_async("web", n=0)
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            return ticks
+
+        assert asyncio.run(main()) >= 10  # the loop ran while send_async waited 1 s
+        bus.close(timeout=0.1)
+
+
+def test_a_batch_that_fails_for_another_reason_than_the_network_is_given_up(
+    make_bus: Callable[..., Bus], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug (here: one planted in building the script call) drops its batch, logged and
+    counted, and the publisher goes on, instead of retrying it forever."""
+    original = PublishConnection._script_call
+
+    def planted_bug(self: PublishConnection, events: Sequence[Outgoing]) -> bytes:
+        if any(b"poison" in data for _, data, _ in events):
+            raise RuntimeError("a planted bug")
+        return original(self, events)
+
+    monkeypatch.setattr(PublishConnection, "_script_call", planted_bug)
+    sender_bus, receiver_bus = _pair(make_bus)
+    recorder = Recorder()
+    Namespace("auth", bus=receiver_bus).signal("logged-in").connect(recorder)
+    signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+    signal.send("web", n="poison")
+    assert not sender_bus.flush(5)  # it was given up
+    signal.send("web", n=1)
+    assert recorder.wait(1) == [("web", {"n": 1})]
+    stats = sender_bus.stats()
+    assert (stats["dropped"], stats["published"], stats["publish_retries"]) == (1, 1, 0)
+    assert "RuntimeError: a planted bug" in caplog.text

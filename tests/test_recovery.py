@@ -96,7 +96,7 @@ def test_a_receiver_that_had_seen_nothing_yet_recovers_from_where_it_subscribed(
         send(sender_bus, signal, range(20, 25))
         ledger.wait(25)
         ledger.check_exactly_once_in_order(25)
-        assert receiver_bus.stats()["recovered"] == 20
+        assert receiver_bus.stats()["recovered"] >= 20  # and what the catch-up met live
 
 
 def test_subscriber_connection_killed_while_numbered_events_are_sent(
@@ -273,7 +273,9 @@ def test_an_event_published_twice_is_delivered_once(
     ledger.wait(2)
     ledger.check_exactly_once_in_order(2)
     assert raw.xlen(stream) == 3
-    assert receiver_bus.stats()["duplicates"] == 1
+    # The second copy at least; more if the catch-up that follows subscribing read
+    # these events from history before they arrived live.
+    assert receiver_bus.stats()["duplicates"] >= 1
 
 
 def test_events_sent_from_many_threads_are_all_delivered_once(
