@@ -39,7 +39,7 @@ from .groups import (
     retry_key,
 )
 from .groups import status as group_status
-from .history import HistoryOption, Keep, TimeBound, keep_for, resolve
+from .history import HistoryOption, Keep, TimeBound, epoch_key, keep_for, resolve
 from .history import read as read_history
 from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .recovery import Recovery
@@ -207,7 +207,7 @@ class Bus:
             context=self._receiver_context,
         )
         self._subscriber = Subscriber(
-            SubscribeConnection(self.client),
+            SubscribeConnection(self.client, epoch_key(self.prefix)),
             dispatcher,
             self._is_wanted,
             self._token,

@@ -69,10 +69,12 @@ class Subscribed(NamedTuple):
 
     ``since`` is the ``time.monotonic()`` from which its events are this process's:
     when Redis confirmed the subscription, or earlier, when ``connect()`` gave up
-    waiting for that.
+    waiting for that. ``epoch`` is the server's data epoch as the subscribing
+    connection found it (None: unknown).
     """
 
     since: float
+    epoch: bytes | None
 
 
 def parse_id(text: str | bytes) -> StreamId:
@@ -192,12 +194,12 @@ class Recovery:
                 position.last = envelope
         return False
 
-    def subscribed(self, channel_key: bytes, since: float) -> Iterator[Envelope]:
+    def subscribed(self, channel_key: bytes, subscribed: Subscribed) -> Iterator[Envelope]:
         """The channel was just subscribed: note where its stream ends, and the events
-        kept from ``since`` on (a ``time.monotonic()``), which the subscription may
-        not have seen."""
+        kept since ``subscribed.since``, which the subscription may not have seen."""
         return self._retrying(
-            channel_key, lambda channel, stream: self._start(channel_key, channel, stream, since)
+            channel_key,
+            lambda channel, stream: self._start(channel_key, channel, stream, subscribed),
         )
 
     def catch_up(self, channel_key: bytes) -> Iterator[Envelope]:
@@ -239,22 +241,23 @@ class Recovery:
                 return
 
     def _start(
-        self, channel_key: bytes, channel: str, stream: bytes, since: float
+        self, channel_key: bytes, channel: str, stream: bytes, subscribed: Subscribed
     ) -> Iterator[Envelope]:
         info, epoch, (seconds, microseconds) = self._state(stream, [_time])
         state = _Stream.of(info)
         self._positions[channel_key] = _Position(_Anchor(state.last_id, state.added, epoch))
         # The server's clock at ``since``, to the millisecond after: an event kept in
         # the same millisecond may have been sent before, and is not this process's.
-        elapsed = int(1000 * (time.monotonic() - since))
+        elapsed = int(1000 * (time.monotonic() - subscribed.since))
         start = (seconds * 1000 + microseconds // 1000 - elapsed + 1, 0)
-        if state.removed and (state.first_id is None or state.first_id > start):
-            self._gap(
-                channel,
-                format_id(start),
-                state.first_id,
-                "its history no longer reaches back to when this process subscribed",
-            )
+        if subscribed.epoch is not None and epoch is not None and epoch != subscribed.epoch:
+            why: str | None = _LOST_DATA
+        elif state.removed and (state.first_id is None or state.first_id > start):
+            why = "its history no longer reaches back to when this process subscribed"
+        else:
+            why = None
+        if why is not None:
+            self._gap(channel, format_id(start), state.first_id, why)
         yield from self._kept(channel, stream, format_id(start))
 
     def _resume(self, channel_key: bytes, channel: str, stream: bytes) -> Iterator[Envelope]:
@@ -346,6 +349,9 @@ class Recovery:
             self._log.warning("gap-receiver", "a history_gap receiver raised", exc_info=True)
 
 
+_LOST_DATA = "Redis lost its data since (a restart without persistence, or a flush)"
+
+
 def _time(pipeline: Any) -> object:
     return pipeline.time()
 
@@ -364,7 +370,7 @@ def _parse_or_none(text: str) -> StreamId | None:
 def _loss(anchor: _Anchor, state: _Stream, epoch: bytes | None) -> str | None:
     """Why events added after ``anchor`` may be missing from the stream now, if they may."""
     if anchor.epoch is not None and epoch is not None and epoch != anchor.epoch:
-        return "Redis lost its data since (a restart without persistence, or a flush)"
+        return _LOST_DATA
     if state.first_id is not None and state.first_id <= anchor.last_id:
         # Trimming takes the oldest entries: everything after the anchor is still there,
         # but what was deleted one by one.

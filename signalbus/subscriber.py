@@ -278,7 +278,7 @@ class Subscriber:
                     self._handoff.put((channel, CATCH_UP))
                 else:
                     since = self._late.pop(channel, None) or time.monotonic()
-                    self._handoff.put((channel, Subscribed(since)))
+                    self._handoff.put((channel, Subscribed(since, self._conn.epoch)))
                     self._confirmed_once.add(channel)
             confirmation = self._pending.pop(channel, None)
         if confirmation is not None:
@@ -393,7 +393,7 @@ class Dispatcher:
             recovered = (
                 self._recovery.catch_up(channel_key)
                 if data is CATCH_UP
-                else self._recovery.subscribed(channel_key, cast(Subscribed, data).since)
+                else self._recovery.subscribed(channel_key, cast(Subscribed, data))
             )
             for envelope in recovered:
                 self._deliver(channel_key, envelope)

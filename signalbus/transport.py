@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import threading
 import time
@@ -281,10 +282,14 @@ class SubscribeConnection:
     refused alone, and the others are subscribed.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, epoch_key: bytes) -> None:
         self._conn = _dedicated_connection(client)
+        self._epoch_key = epoch_key
         self._write_lock = threading.Lock()
         self._owed: deque[tuple[bytes, bytes | None]] = deque()  # replies still to come
+        self.epoch: bytes | None = None
+        """The server's data epoch (see :func:`signalbus.history.epoch_key`) when this
+        connection was made, before it subscribed; None if not read (yet), or refused."""
 
     @property
     def connected(self) -> bool:
@@ -296,8 +301,18 @@ class SubscribeConnection:
         with self._write_lock:
             self._conn.disconnect()
             self._owed.clear()
+            self.epoch = None
             try:
                 self._conn.connect()
+                # What the data was when the subscriptions began, made if need be.
+                epoch = os.urandom(8).hex().encode()
+                self._owed.extend([(b"SET", None), (b"GET", None)])
+                self._conn.send_packed_command(
+                    self._conn.pack_commands(
+                        [(b"SET", self._epoch_key, epoch, b"NX"), (b"GET", self._epoch_key)]
+                    ),
+                    check_health=False,
+                )
                 self._write_unlocked(b"SUBSCRIBE", channels())
             except (*NETWORK_ERRORS, RedisError) as exc:
                 self._conn.disconnect()
@@ -363,7 +378,9 @@ class SubscribeConnection:
         except (*NETWORK_ERRORS, RedisError) as exc:
             raise TransportError(f"subscriber connection lost: {exc}") from exc
         if type(reply) is not list or reply[0] != b"message":
-            self._answered()
+            command, _ = self._answered()
+            if command == b"GET":
+                self.epoch = reply
         return reply
 
     def _answered(self) -> tuple[bytes, bytes | None]:

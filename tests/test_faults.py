@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -416,3 +417,24 @@ def test_a_batch_that_fails_for_another_reason_than_the_network_is_given_up(
     stats = sender_bus.stats()
     assert (stats["dropped"], stats["published"], stats["publish_retries"]) == (1, 1, 0)
     assert "RuntimeError: a planted bug" in caplog.text
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A loopback port whose listener takes connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+def test_calls_against_a_server_that_never_answers_keep_their_timeouts(
+    silent_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """connect() waits at most subscribe_timeout, and not again once a wait went
+    unanswered; close() at most close_timeout (issue 11, item 5)."""
+    bus = Bus(silent_url, prefix=prefix, subscribe_timeout=1.0, close_timeout=1.0)
+    auth = Namespace("auth", bus=bus)
+    took = [_timed(lambda name=name: auth.signal(name).connect(Recorder())) for name in "abc"]
+    assert max(took) < 2.0 and sum(took) < 3.0, took
+    assert "not confirmed" in caplog.text
+    auth.signal("a").send("web", n=1)  # queued, never answered
+    assert _timed(bus.close) < 2.0

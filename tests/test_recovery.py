@@ -11,11 +11,17 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import fakeredis
+import msgpack
 import pytest
 import redis
 
 from signalbus import Bus, Namespace, Signal, history_gap
+from signalbus.codec import Codec, Envelope
 from signalbus.history import PUBLISH_SCRIPT
+from signalbus.recovery import MAX_SENDERS, Recovery
+from signalbus.signing import SIGNED_OFFSET
+from signalbus.stats import Stats, ThrottledLog
 from signalbus.testing import Ledger, Proxy, RedisServer
 
 from .helpers import wait_for
@@ -331,3 +337,147 @@ def test_a_receiver_bus_without_history_neither_recovers_nor_reports(
         ledger.wait(1)
     assert ledger.seen == [5]
     assert receiver_bus.stats()["recovered"] == 0 and gaps == []
+
+
+def test_a_receiver_that_had_seen_nothing_reports_events_lost_in_a_restart(
+    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    """Subscribed to an empty stream, cut off while 300 events are kept, then Redis
+    restarts without persistence: the receiver never had a position in the stream,
+    and must still say that events may be lost (issue 11, item 1)."""
+    ledger = Ledger()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(proxy.url, prefix=prefix) as receiver_bus,
+    ):
+        listen(receiver_bus, ledger)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        proxy.cut()
+        send(sender_bus, signal, range(0, 300))
+        own_server.stop()
+        own_server.start()  # empty: the 300 events are gone
+        proxy.heal()
+        wait_for(lambda: gaps, timeout=20)
+        send(sender_bus, signal, range(300, 310))
+        ledger.wait(10)
+        assert ledger.seen == list(range(300, 310))
+        assert receiver_bus.stats()["gaps"] == 1
+    assert gaps[0]["channel"] == CHANNEL
+
+
+def test_a_receiver_that_had_seen_nothing_reports_a_trimmed_history(
+    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    """The same for retention: of 110 events sent while it was cut off, the stream
+    keeps 50; the receiver gets those and reports the rest (issue 11, item 1)."""
+    ledger = Ledger()
+    raw = own_server.client()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(proxy.url, prefix=prefix) as receiver_bus,
+    ):
+        listen(receiver_bus, ledger)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        proxy.cut()
+        send(sender_bus, signal, range(0, 110))
+        raw.xtrim(f"{prefix}signalbus:history:{CHANNEL}", maxlen=50, approximate=False)
+        first_kept = next(iter(signal.history()))
+        proxy.heal()
+        ledger.wait(50)
+        wait_for(lambda: gaps)
+        assert receiver_bus.stats()["gaps"] == 1
+    raw.close()
+    assert ledger.seen == list(range(60, 110))
+    assert len(gaps) == 1 and gaps[0]["first_kept"] == first_kept.stream_id
+
+
+def test_an_entry_id_in_a_message_cannot_move_a_receivers_position(
+    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    """The entry id the server appends is outside the signature: a captured signed
+    event republished with a far-future id is delivered (it is validly signed and new
+    to this receiver), but the receiver's next catch-up does not skip what the stream
+    holds (issue 11, item 3)."""
+    keys = ["a signing key long enough to be one"]
+    ledger = Ledger()
+    raw = own_server.client()
+    with (
+        Bus(own_server.url, prefix=prefix, signing_keys=keys) as sender_bus,
+        Bus(proxy.url, prefix=prefix, signing_keys=keys) as receiver_bus,
+    ):
+        listen(receiver_bus, ledger)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        send(sender_bus, signal, range(0, 1))
+        ledger.wait(1)
+        captured = sender_bus.codec.signer.sign(
+            sender_bus.codec.encode(
+                token=b"captured",
+                seq=1,
+                channel=CHANNEL,
+                sender="web",
+                kwargs={"n": -1},
+                timestamp=0.0,
+                origin="elsewhere",
+            )
+        )
+        at = SIGNED_OFFSET  # the envelope's array head, after the signature
+        forged = captured[:at] + b"\x99" + captured[at + 1 :] + msgpack.packb("9999999999999-0")
+        raw.publish(prefix + CHANNEL, forged)
+        ledger.wait(2)
+        proxy.cut()
+        send(sender_bus, signal, range(1, 21))
+        proxy.heal()
+        ledger.wait(22)
+        assert ledger.seen == [0, -1, *range(1, 21)]
+        stats = receiver_bus.stats()
+    raw.close()
+    assert stats["invalid"] == 1 and stats["gaps"] == 0 and gaps == []
+
+
+def test_events_sent_after_an_unconfirmed_connect_are_delivered_once_subscribed(
+    own_server: RedisServer, proxy: Proxy, prefix: str
+) -> None:
+    """connect() gives up waiting while Redis is unreachable; what is sent from then
+    until the subscription is made comes from history."""
+    ledger = Ledger()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(proxy.url, prefix=prefix, subscribe_timeout=0.5) as receiver_bus,
+    ):
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        send(sender_bus, signal, range(-3, 0))  # before connect(): not for it
+        proxy.cut()
+        listen(receiver_bus, ledger)  # returns unconfirmed
+        send(sender_bus, signal, range(0, 10))
+        proxy.heal()
+        ledger.wait(10)
+        send(sender_bus, signal, range(10, 15))
+        ledger.wait(15)
+        ledger.check_exactly_once_in_order(15)
+
+
+def test_duplicate_detection_forgets_the_senders_seen_longest_ago() -> None:
+    """Past MAX_SENDERS sending buses on a channel, the busiest one is still known."""
+    codec = Codec(max_message_size=1 << 20)
+    recovery = Recovery(
+        fakeredis.FakeRedis(),
+        codec,
+        lambda key: None,
+        b"receiver",
+        prefix="",
+        gap_sender=None,
+        stats=Stats(),
+        log=ThrottledLog(),
+        stopping=threading.Event(),
+    )
+
+    def event(token: bytes, seq: int) -> Envelope:
+        return Envelope(token, seq, CHANNEL, None, {}, 0.0, "test")
+
+    busy = b"busy-bus"
+    assert not recovery.is_repeat(b"key", event(busy, 1))
+    for n in range(MAX_SENDERS):
+        assert not recovery.is_repeat(b"key", event(b"%08d" % n, 1))
+        if n % 100 == 0:
+            assert not recovery.is_repeat(b"key", event(busy, n + 2))
+    assert recovery.is_repeat(b"key", event(busy, 1))  # a second copy, still known as one
