@@ -6,7 +6,9 @@ flush() or close(), so interpreter exit must publish them. ``group``: connect a
 receiver in group ``--group`` (taking ``--work`` seconds per event, or always raising
 with ``--fail``), print READY, then one JSON line per event handled, until stdin closes.
 ``bridge``: bridge flask-login's ``user_logged_in``, connect a receiver to it, print
-READY, then one JSON line per event, until stdin closes.
+READY, then one JSON line per event, until stdin closes. ``send-on-demand``: send the
+numbered events each line of stdin asks for (see :func:`send_on_demand`). A listener
+also prints a JSON line for each ``history_gap`` it is told of.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def listen(count: int) -> None:
         print(json.dumps({"sender": sender, "kwargs": kwargs, "origin": event.origin}), flush=True)
         seen += 1
 
+    def on_gap(sender: Any, **kwargs: Any) -> None:
+        print(json.dumps({"gap": kwargs}), flush=True)
+
+    signalbus.history_gap.connect(on_gap)
     print("READY", flush=True)
     for line in sys.stdin:  # the parent closes stdin once it has seen everything it wants
         del line
@@ -102,9 +108,23 @@ def send(count: int) -> None:
         logged_in.send("child", n=n)
 
 
+def send_on_demand() -> None:
+    """For each line ``FIRST END`` on stdin: send events FIRST to END - 1, print
+    ``QUEUED END``, flush, and print ``SENT END``."""
+    bus = signalbus.bus.default_bus()
+    assert bus is not None
+    print("READY", flush=True)
+    for line in sys.stdin:
+        first, end = map(int, line.split())
+        for n in range(first, end):
+            logged_in.send("child", n=n)
+        print(f"QUEUED {end}", flush=True)
+        print(f"SENT {end}" if bus.flush(30) else f"NOT FLUSHED {end}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["listen", "send", "group", "bridge"])
+    parser.add_argument("role", choices=["listen", "send", "send-on-demand", "group", "bridge"])
     parser.add_argument("url")
     parser.add_argument("prefix")
     parser.add_argument("count", type=int)
@@ -119,6 +139,8 @@ def main() -> None:
         group(args.group, args.work, args.fail, args.claim_idle)
     elif args.role == "bridge":
         bridge()
+    elif args.role == "send-on-demand":
+        send_on_demand()
     else:
         {"listen": listen, "send": send}[args.role](args.count)
 

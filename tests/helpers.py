@@ -90,7 +90,24 @@ class Child:
         assert "READY" in self.lines, self.stderr()
 
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines if line.startswith("{")]
+        return [event for event in self._json() if "gap" not in event]
+
+    def gaps(self) -> list[dict[str, Any]]:
+        """What a listener was told by ``history_gap``."""
+        return [event["gap"] for event in self._json() if "gap" in event]
+
+    def numbers(self) -> list[int]:
+        """The ``n`` of each event a listener printed, in order."""
+        return [event["kwargs"]["n"] for event in self.events()]
+
+    def _json(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+
+    def ask(self, line: str) -> None:
+        """Write ``line`` to the child's stdin."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
 
     def finish(self, timeout: float = 20.0) -> int:
         """Close stdin and return the exit code (killing the process after ``timeout``)."""
