@@ -141,10 +141,93 @@ def slow_receiver(total: int = 4_000) -> bool:
         )
 
 
+def restart_while_idle(cycles: int = 5, per_burst: int = 1_000) -> bool:
+    """Redis killed (AOF on) while the sender is idle, then a burst: the first event of
+    each burst is written on the connection the crash left dead."""
+    aof = ["--appendonly", "yes", "--appendfsync", "always"]
+    with RedisServer(aof) as server, pair(server) as (signal, bus, ledger):
+        total = 0
+        for _ in range(cycles):
+            sent(signal, range(total, total + per_burst))
+            total += per_burst
+            ledger.wait(total, WAIT)
+            server.stop()
+            server.start()
+        sent(signal, range(total, total + per_burst))
+        total += per_burst
+        name = f"Redis killed {cycles} times while the sender was idle, then a burst"
+        return result(name, ledger, total, bus)
+
+
+def nothing_seen_then_lost(total: int = 2_000) -> bool:
+    """A receiver cut off before its first event; Redis restarted without persistence
+    meanwhile: the events are gone, and the receiver must say so."""
+    gaps: list[str] = []
+    with (
+        RedisServer(UNLIMITED_PUBSUB) as server,
+        Proxy(server.port) as proxy,
+        pair(server, proxy.url) as (signal, bus, ledger),
+    ):
+        signalbus.history_gap.connect(
+            lambda sender, **kwargs: gaps.append(kwargs["channel"]), weak=False
+        )
+        proxy.cut()
+        sent(signal, range(total))
+        server.stop()
+        server.start()
+        proxy.heal()
+        deadline = time.monotonic() + WAIT
+        while not gaps and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        sent(signal, range(total, total + 10))
+        ledger.wait(10, WAIT)
+        ok = ledger.seen == list(range(total, total + 10)) and len(gaps) == 1
+        print(
+            f"receiver that had seen nothing, {total:,} events lost in a restart without "
+            f"persistence\n    gap reported: {'yes' if gaps else 'NO'} (gaps "
+            f"{bus.stats()['gaps']}); then seen {len(ledger.seen)} of the 10 sent after",
+            flush=True,
+        )
+        return ok
+
+
+def frozen(total: int = 3_000, seconds: float = 2.0) -> bool:
+    """The server frozen (SIGSTOP) while events are sent: send() never waits longer than
+    block_timeout, and everything arrives once thawed."""
+    with RedisServer(UNLIMITED_PUBSUB) as server, pair(server) as (signal, bus, ledger):
+        slowest = 0.0
+        thaw = threading.Timer(seconds, server.resume)
+        server.pause()
+        thaw.start()
+        for n in range(total):
+            started = time.monotonic()
+            signal.send("bench", n=n)
+            slowest = max(slowest, time.monotonic() - started)
+        thaw.join()
+        assert signal.bus is not None and signal.bus.flush(WAIT)
+        name = f"server frozen {seconds:.0f} s while {total:,} events were sent"
+        return result(name, ledger, total, bus, f"\n    slowest send() {slowest * 1000:.1f} ms")
+
+
+def client_pause(total: int = 3_000) -> bool:
+    """CLIENT PAUSE (every client, 1 s) in the middle of a stream."""
+    with RedisServer(UNLIMITED_PUBSUB) as server, pair(server) as (signal, bus, ledger):
+        raw = server.client()
+        sent(signal, range(total // 2))
+        raw.client_pause(1000, all=True)
+        sent(signal, range(total // 2, total))
+        raw.close()
+        return result(f"CLIENT PAUSE 1 s while {total:,} events were sent", ledger, total, bus)
+
+
 SCENARIOS: list[Callable[[], bool]] = [
     client_kill,
     lambda: restart(persistent=True),
     lambda: restart(persistent=False),
+    restart_while_idle,
+    nothing_seen_then_lost,
+    frozen,
+    client_pause,
     network_cut,
     slow_receiver,
 ]
