@@ -69,12 +69,13 @@ class Subscribed(NamedTuple):
 
     ``since`` is the ``time.monotonic()`` from which its events are this process's:
     when Redis confirmed the subscription, or earlier, when ``connect()`` gave up
-    waiting for that. ``epoch`` is the server's data epoch as the subscribing
-    connection found it (None: unknown).
+    waiting for that (``late``). ``epoch`` is the server's data epoch as the
+    subscribing connection found it (None: unknown).
     """
 
     since: float
     epoch: bytes | None
+    late: bool
 
 
 def parse_id(text: str | bytes) -> StreamId:
@@ -246,10 +247,13 @@ class Recovery:
         info, epoch, (seconds, microseconds) = self._state(stream, [_time])
         state = _Stream.of(info)
         self._positions[channel_key] = _Position(_Anchor(state.last_id, state.added, epoch))
-        # The server's clock at ``since``, to the millisecond after: an event kept in
-        # the same millisecond may have been sent before, and is not this process's.
+        # The server's clock at ``since``, to the millisecond. After a confirmation,
+        # from the next one: an event kept in the same millisecond may have been sent
+        # before connect(). After connect() gave up, from that one: what was sent just
+        # after it returned must not be missed.
         elapsed = int(1000 * (time.monotonic() - subscribed.since))
-        start = (seconds * 1000 + microseconds // 1000 - elapsed + 1, 0)
+        margin = 0 if subscribed.late else 1
+        start = (seconds * 1000 + microseconds // 1000 - elapsed + margin, 0)
         if subscribed.epoch is not None and epoch is not None and epoch != subscribed.epoch:
             why: str | None = _LOST_DATA
         elif state.removed and (state.first_id is None or state.first_id > start):
@@ -269,8 +273,11 @@ class Recovery:
         checks = last_id is not None and _parse_or_none(last_id) is not None
         info, epoch, *held = self._state(stream, [_entry(stream, last_id)] if checks else [])
         state = _Stream.of(info)
+        same_data = None in (epoch, position.anchor.epoch) or epoch == position.anchor.epoch
         if last is not None and checks and self._holds(held[0], last):
             yield from self._kept(channel, stream, f"({last_id}")
+        elif checks and same_data and last_id == format_id(state.last_id):
+            pass  # the last event added is the last one dispatched, trimmed since: a quiet signal
         else:
             anchor = position.anchor
             why = _loss(anchor, state, epoch)

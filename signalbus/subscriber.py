@@ -277,8 +277,10 @@ class Subscriber:
                 if channel in self._confirmed_once:  # again, after a reconnect
                     self._handoff.put((channel, CATCH_UP))
                 else:
-                    since = self._late.pop(channel, None) or time.monotonic()
-                    self._handoff.put((channel, Subscribed(since, self._conn.epoch)))
+                    late = self._late.pop(channel, None)
+                    since = time.monotonic() if late is None else late
+                    marker = Subscribed(since, self._conn.epoch, late is not None)
+                    self._handoff.put((channel, marker))
                     self._confirmed_once.add(channel)
             confirmation = self._pending.pop(channel, None)
         if confirmation is not None:

@@ -481,3 +481,36 @@ def test_duplicate_detection_forgets_the_senders_seen_longest_ago() -> None:
         if n % 100 == 0:
             assert not recovery.is_repeat(b"key", event(busy, n + 2))
     assert recovery.is_repeat(b"key", event(busy, 1))  # a second copy, still known as one
+
+
+def test_a_quiet_signal_whose_last_event_was_trimmed_reports_no_gap(
+    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    """Nothing was added after the last event dispatched: that its entry is gone (the
+    signal was quiet for longer than max_age) loses nothing."""
+    ledger, pings = Ledger(), Ledger()
+    raw = own_server.client()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(proxy.url, prefix=prefix) as receiver_bus,
+    ):
+        listen(receiver_bus, ledger)
+        Namespace("auth", bus=receiver_bus).signal("ping").connect(pings.receiver)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        send(sender_bus, signal, range(0, 5))
+        ledger.wait(5)
+        raw.xtrim(f"{prefix}signalbus:history:{CHANNEL}", maxlen=0, approximate=False)
+        proxy.cut()
+        proxy.heal()
+        wait_for(lambda: receiver_bus.stats()["reconnects"] >= 1)
+        keys = [f"{prefix}auth.{name}".encode() for name in ("logged-in", "ping")]
+        wait_for(lambda: raw.pubsub_numsub(*keys) == [(key, 1) for key in keys])
+        # Messages are dispatched in order, after the catch-ups of the reconnect.
+        ping = Namespace("auth", bus=sender_bus).signal("ping")
+        send(sender_bus, ping, range(1))
+        pings.wait(1)
+        assert receiver_bus.stats()["gaps"] == 0 and gaps == []
+        send(sender_bus, signal, range(5, 6))
+        ledger.wait(6)
+        ledger.check_exactly_once_in_order(6)
+    raw.close()
