@@ -45,7 +45,7 @@ from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .recovery import Recovery
 from .replay import ReplayReport, replay, to_group, to_subscribers
 from .schema import validated
-from .signing import SIGNED_OFFSET, Signer, keys_from_environment
+from .signing import SIGNED_OFFSET, Signer
 from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber, call
 from .transport import (
@@ -89,7 +89,8 @@ class Bus:
       other processes, and group receivers, run inside (the Flask extension passes
       ``app.app_context``).
     - ``signing_keys``: sign every event with the first key, accept events signed with
-      any (default ``$SIGNALBUS_SIGNING_KEYS``, comma-separated; see
+      any: a list of keys, or one key (a ``str`` or ``bytes``, commas and all), each of at
+      least 16 bytes (default ``$SIGNALBUS_SIGNING_KEYS``, comma-separated; see
       :mod:`signalbus.signing`).
     - ``catalog``: record the signals this bus carries in the catalog, for
       ``signalbus ls`` (see :mod:`signalbus.catalog`).
@@ -113,7 +114,7 @@ class Bus:
         close_timeout: float = 5.0,
         history: HistoryOption = True,
         receiver_context: Callable[[], AbstractContextManager[object]] | None = None,
-        signing_keys: Sequence[str | bytes] | None = None,
+        signing_keys: str | bytes | Sequence[str | bytes] | None = None,
         catalog: bool = True,
     ) -> None:
         if queue_full not in QUEUE_FULL_POLICIES:
@@ -144,7 +145,7 @@ class Bus:
         self.history = history
         self.subscribe_timeout = subscribe_timeout
         self.close_timeout = close_timeout
-        signer = Signer(keys_from_environment() if signing_keys is None else signing_keys)
+        signer = Signer.from_environment() if signing_keys is None else Signer(signing_keys)
         self.codec = Codec(max_message_size=max_message_size, signer=signer)
         self._publisher_options: dict[str, Any] = dict(
             synchronous=synchronous,
