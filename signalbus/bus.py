@@ -19,7 +19,6 @@ import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import blinker
 import redis
@@ -54,6 +53,7 @@ from .transport import (
     client_from_url,
     command_client,
     iterate_with_transport_errors,
+    redacted,
     transport_errors,
 )
 
@@ -133,12 +133,7 @@ class Bus:
         self.url = url or _url_of(client) or os.environ.get("SIGNALBUS_URL") or DEFAULT_URL
         self._owns_client = client is None  # close() closes what the bus made, only
         if client is None:
-            try:
-                client = client_from_url(self.url)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"bad Redis URL {_redacted(self.url)!r}: {exc}; expected e.g. {DEFAULT_URL!r}"
-                ) from exc
+            client = client_from_url(self.url)
         self.client = client
         self.prefix = prefix
         resolve(history)  # a bad option fails here, not at the first send
@@ -221,7 +216,7 @@ class Bus:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<signalbus.Bus {_redacted(self.url)!r} prefix={self.prefix!r} {state}>"
+        return f"<signalbus.Bus {redacted(self.url)!r} prefix={self.prefix!r} {state}>"
 
     def __enter__(self) -> Bus:
         return self
@@ -629,15 +624,6 @@ def _url_of(client: redis.Redis | None) -> str | None:
         return None
     kwargs = client.connection_pool.connection_kwargs
     return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
-
-
-def _redacted(url: str) -> str:
-    """``url`` without its password, for messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- the default bus ------------------------------------------------------------------

@@ -10,20 +10,23 @@ Both speak RESP2, where pub/sub messages are plain replies.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
+import inspect
 import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import TransportError
+from .errors import ConfigurationError, TransportError
 from .history import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "command_client",
     "glob_escape",
     "iterate_with_transport_errors",
+    "redacted",
     "transport_errors",
 ]
 
@@ -85,9 +89,75 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
-def client_from_url(url: str) -> redis.Redis:
-    """A client for ``url``; a malformed URL raises ``ValueError``."""
-    return redis.Redis.from_url(url, protocol=2)
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def client_from_url(url: str, **defaults: Any) -> redis.Redis:
+    """A client for ``url`` (``defaults`` for what it does not set), its options checked.
+
+    redis-py hands an option it does not know on to the connection class, which raises
+    a ``TypeError`` only when the first connection is made; here a malformed URL, an
+    option no connection takes (with the closest name suggested) and a bad value are a
+    :class:`ConfigurationError` at once. No connection is made.
+    """
+    try:
+        client = redis.Redis.from_url(url, **{"protocol": 2, **defaults})
+    except ValueError as exc:
+        scheme = urlsplit(url).scheme
+        if scheme in ("redis", "rediss", "unix"):  # a bad value
+            raise _bad_url(url, str(exc).rstrip(".")) from None
+        hint = "; expected e.g. redis://localhost:6379/0"
+        if scheme.startswith("redis+"):
+            hint = "; Sentinel and Cluster are not supported yet: give the URL of one server"
+        raise _bad_url(url, str(exc).rstrip(".") + hint) from None
+    pool = client.connection_pool
+    known = _keywords(pool.connection_class)
+    for option in pool.connection_kwargs:
+        if option not in known:
+            raise _bad_url(url, _unknown(option, known))
+    try:  # the values: a connection object checks them without connecting
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError, RedisError) as exc:
+        raise _bad_url(url, str(exc)) from None
+    return client
+
+
+def _bad_url(url: str, problem: str) -> ConfigurationError:
+    return ConfigurationError(f"bad Redis URL {redacted(url)!r}: {problem}")
+
+
+def _unknown(option: str, known: Collection[str]) -> str:
+    """What to say of an ``option`` that is not one of ``known``."""
+    said = f"unknown option {option!r}"
+    if option in _keywords(redis.SSLConnection):
+        return f"{said}: it is for rediss:// URLs (TLS) only"
+    close = difflib.get_close_matches(option, known, n=1)
+    return f"{said}; did you mean {close[0]!r}?" if close else f"{said} (see redis-py's Connection)"
+
+
+@functools.cache
+def _keywords(connection_class: type) -> frozenset[str]:
+    """The keyword arguments ``connection_class`` takes, as its constructors declare
+    them: each ``__init__`` up its classes, for as long as one passes ``**kwargs`` on."""
+    names: set[str] = set()
+    for cls in connection_class.__mro__:
+        init = vars(cls).get("__init__")
+        if init is None:
+            continue
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # after self
+        names.update(p.name for p in parameters if p.kind in _NAMED)
+        if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+            break
+    return frozenset(names)
+
+
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 # A server that stops answering (paused, or a network that drops packets) must turn

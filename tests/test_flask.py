@@ -99,6 +99,9 @@ def test_configuration_errors_fail_at_startup(prefix: str) -> None:
     app.config.update(SIGNALBUS_URL="http://nowhere", SIGNALBUS_PREFIX=prefix)
     with pytest.raises(ConfigurationError, match="bad Redis URL"):
         SignalBus(app)
+    app.config.update(SIGNALBUS_URL="redis://localhost:1/0?socket_timout=5")
+    with pytest.raises(ConfigurationError, match="did you mean 'socket_timeout'"):
+        SignalBus(app)
     app.config.update(SIGNALBUS_URL="redis://localhost:1/0", SIGNALBUS_QUEUE_FULL="sometimes")
     with pytest.raises(ConfigurationError, match="queue_full"):
         SignalBus(app)
