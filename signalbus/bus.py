@@ -70,7 +70,8 @@ class Bus:
     """The connection manager of one process: publisher, subscriber, codec, registries.
 
     ``url`` defaults to ``$SIGNALBUS_URL``, else ``redis://localhost:6379/0``; or pass a
-    ready ``client`` (a ``redis.Redis``, or a fakeredis one in tests). Options:
+    ready ``client`` (a ``redis.Redis``, or a fakeredis one in tests) whose settings the
+    bus opens its own connections with. Options:
 
     - ``prefix``: put before every channel name, to separate environments or tests.
     - ``synchronous``: ``send()`` returns only once Redis has the event, and raises
@@ -130,6 +131,8 @@ class Bus:
                 raise ConfigurationError(f"{option} must be a positive int, not {value!r}")
         if not isinstance(prefix, str):
             raise ConfigurationError(f"prefix must be a str, not {prefix!r}")
+        if client is not None:
+            _check_client(client)
         self.url = url or _url_of(client) or os.environ.get("SIGNALBUS_URL") or DEFAULT_URL
         self._owns_client = client is None  # close() closes what the bus made, only
         if client is None:
@@ -180,7 +183,9 @@ class Bus:
             **self._publisher_options,
         )
         stopping = self._stopping = threading.Event()
-        self._commands = command_client(self.client)  # recovery, groups and the catalog
+        # History, replay, groups, recovery and the catalog: never through self.client
+        # (see _check_client).
+        self._commands = command_client(self.client)
         self._catalog = CatalogWriter(self._commands, self.prefix, self._describe)
         self._consumers: dict[str, GroupConsumer] = {}
         recovery = Recovery(
@@ -334,7 +339,7 @@ class Bus:
         self, signal: Signal, since: TimeBound, until: TimeBound, limit: int | None
     ) -> Iterator[Event]:
         events = read_history(
-            self.client,
+            self._commands,
             self.codec,
             signal,
             self._kept(signal).stream_key,
@@ -370,7 +375,7 @@ class Bus:
                 )
             write = to_group(retry_key(self.prefix, signal.channel, group))
         return replay(
-            self.client,
+            self._commands,
             self.codec,
             signal,
             write=write,
@@ -580,20 +585,20 @@ class Bus:
     def _dead_letters(self, signal: Signal, group: str) -> Iterator[DeadLetter]:
         dead = dead_letter_key(self.prefix, signal.channel, group)
         return iterate_with_transport_errors(
-            dead_letters(self.client, self.codec, signal.channel, dead, self._token),
+            dead_letters(self._commands, self.codec, signal.channel, dead, self._token),
             f"signal {signal.channel!r}: reading the dead letters of {group!r} failed",
         )
 
     def _group_status(self, signal: Signal) -> list[GroupStatus]:
         stream = self._kept(signal).stream_key
         with transport_errors(f"signal {signal.channel!r}: reading its groups failed"):
-            return group_status(self.client, self.prefix, signal.channel, stream)
+            return group_status(self._commands, self.prefix, signal.channel, stream)
 
     def _requeue(self, signal: Signal, group: str, ids: Collection[str] | None) -> int:
         dead = dead_letter_key(self.prefix, signal.channel, group)
         retry = retry_key(self.prefix, signal.channel, group)
         with transport_errors(f"signal {signal.channel!r}: requeueing for {group!r} failed"):
-            return requeue(self.client, dead, retry, ids)
+            return requeue(self._commands, dead, retry, ids)
 
     def _stop_receiving(self, timeout: float = 1.0) -> None:
         """Stop receiving in this process (a server's master, which forked the workers
@@ -616,6 +621,31 @@ class Bus:
 def _left(deadline: float) -> float:
     """Seconds from now to ``deadline`` (a ``time.monotonic()``), at least 0."""
     return max(0.0, deadline - time.monotonic())
+
+
+def _check_client(client: object) -> None:
+    """Refuse a client the bus cannot take its connection settings from.
+
+    The bus sends nothing through the client itself: it opens its own connections with
+    the client's settings, in RESP2 with bytes replies, so ``decode_responses`` and the
+    protocol do not matter. That takes a synchronous ``redis.Redis`` (fakeredis's
+    included) on a plain connection pool.
+    """
+    if isinstance(client, redis.RedisCluster):
+        raise ConfigurationError(
+            "client= is a redis.RedisCluster: signalbus does not support Redis Cluster yet; "
+            "pass the url= or a redis.Redis of a single (non-cluster) server"
+        )
+    if not isinstance(client, redis.Redis):
+        raise ConfigurationError(
+            "client= must be a redis.Redis (a synchronous one: the bus runs threads), not "
+            f"{type(client).__module__}.{type(client).__qualname__}; or pass url= instead"
+        )
+    if isinstance(client.connection_pool, redis.SentinelConnectionPool):
+        raise ConfigurationError(
+            "client= is a Sentinel client (master_for): signalbus does not support Sentinel "
+            "yet; pass the url= or a redis.Redis of the current master"
+        )
 
 
 def _url_of(client: redis.Redis | None) -> str | None:

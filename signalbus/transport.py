@@ -166,9 +166,10 @@ DEFAULT_SOCKET_TIMEOUT = 10.0
 
 
 def _connection_kwargs(client: redis.Redis) -> dict[str, Any]:
-    """The client's connection settings, in RESP2, with ``DEFAULT_SOCKET_TIMEOUT``
+    """The client's connection settings, in RESP2 with bytes replies (whatever the
+    client's ``decode_responses``: events are bytes), with ``DEFAULT_SOCKET_TIMEOUT``
     where it has no socket timeout."""
-    kwargs = dict(client.connection_pool.connection_kwargs, protocol=2)
+    kwargs = dict(client.connection_pool.connection_kwargs, protocol=2, decode_responses=False)
     for resp3_only in ("maint_notifications_config", "maint_notifications_pool_handler"):
         kwargs.pop(resp3_only, None)
     if kwargs.get("socket_timeout") is None:
