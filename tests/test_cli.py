@@ -133,19 +133,21 @@ def test_ping_fails_clearly_when_the_server_is_unreachable(
     assert "cannot reach" in err
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["ping"],
-        ["tail"],
-        ["send", "auth.logged-in", "x=1"],
-        ["history", "auth.logged-in"],
-        ["replay", "auth.logged-in", "--since", "0"],
-        ["groups", "auth.logged-in"],
-        ["dead-letters", "auth.logged-in", "--group", "mailer"],
-        ["dead-letters", "auth.logged-in", "--group", "mailer", "--requeue"],
-    ],
-)
+EVERY_COMMAND = [
+    ["ping"],
+    ["ls"],
+    ["schema", "auth.logged-in"],
+    ["tail"],
+    ["send", "auth.logged-in", "x=1"],
+    ["history", "auth.logged-in"],
+    ["replay", "auth.logged-in", "--since", "0"],
+    ["groups", "auth.logged-in"],
+    ["dead-letters", "auth.logged-in", "--group", "mailer"],
+    ["dead-letters", "auth.logged-in", "--group", "mailer", "--requeue"],
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND)
 def test_every_command_fails_in_one_line_without_the_password(
     unreachable_url: str, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
@@ -165,20 +167,7 @@ def test_a_malformed_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["ping"],
-        ["ls"],
-        ["schema", "auth.logged-in"],
-        ["tail"],
-        ["send", "auth.logged-in", "x=1"],
-        ["history", "auth.logged-in"],
-        ["replay", "auth.logged-in", "--since", "0"],
-        ["groups", "auth.logged-in"],
-        ["dead-letters", "auth.logged-in", "--group", "mailer"],
-    ],
-)
+@pytest.mark.parametrize("command", EVERY_COMMAND)
 @pytest.mark.parametrize("given", ["before", "after", "environment"])
 def test_a_misspelt_url_option_is_a_one_line_usage_error(
     unreachable_url: str,
