@@ -25,7 +25,7 @@ import redis
 
 from .catalog import CatalogWriter, Definition, definition
 from .codec import TOKEN_SIZE, Codec, Envelope, event_id
-from .errors import ArgumentError, ConfigurationError
+from .errors import ArgumentError, ConfigurationError, PublishError
 from .event import Event, _current
 from .groups import (
     DeadLetter,
@@ -49,6 +49,7 @@ from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber, call
 from .transport import (
     PublishConnection,
+    ServerCheck,
     SubscribeConnection,
     client_from_url,
     command_client,
@@ -164,6 +165,7 @@ class Bus:
         self._keys: dict[str, bytes] = {}
         self._bridges: list[BridgedSignal] = []
         self._closed = False
+        self._server = ServerCheck(self.url)  # a refusal holds in forked children too
         self._start_process_life()
         _live_buses.add(self)
 
@@ -177,7 +179,7 @@ class Bus:
         self._stats = Stats()
         log = self._log = ThrottledLog()
         self._publisher = Publisher(
-            PublishConnection(self.client, self._trim_warning),
+            PublishConnection(self.client, self._server, self._trim_warning),
             stats=self._stats,
             log=log,
             **self._publisher_options,
@@ -185,7 +187,7 @@ class Bus:
         stopping = self._stopping = threading.Event()
         # History, replay, groups, recovery and the catalog: never through self.client
         # (see _check_client).
-        self._commands = command_client(self.client)
+        self._commands = command_client(self.client, self._server)
         self._catalog = CatalogWriter(self._commands, self.prefix, self._describe)
         self._consumers: dict[str, GroupConsumer] = {}
         recovery = Recovery(
@@ -208,7 +210,7 @@ class Bus:
             context=self._receiver_context,
         )
         self._subscriber = Subscriber(
-            SubscribeConnection(self.client),
+            SubscribeConnection(self.client, self._server),
             dispatcher,
             self._is_wanted,
             self._token,
@@ -275,6 +277,7 @@ class Bus:
                 f"signal {signal.channel!r}: its bus is closed; make a new Bus or call "
                 "signalbus.configure() again"
             )
+        self._check_server(f"signal {signal.channel!r}")
         channel = signal.channel
         route = signal._route
         if route is None or route[0] is not self:
@@ -313,7 +316,11 @@ class Bus:
             if not publisher.wait_for_room(channel, deadline):
                 break  # dropped, and counted
         if confirmation is not None:
-            publisher.confirm(confirmation, channel, deadline)
+            try:
+                publisher.confirm(confirmation, channel, deadline)
+            except PublishError:
+                self._check_server(f"signal {channel!r}")  # refused as a cluster node: say so
+                raise
         return Event(event_id(self._token_hex, seq), channel, self.origin, timestamp, False)
 
     def _keep_for(self, signal: Signal) -> Keep | None:
@@ -400,8 +407,18 @@ class Bus:
 
         Returns False if the timeout passed first, or if Redis refused an event queued
         since the previous flush (or it was given up: see :mod:`signalbus.publisher`).
+        Raises :class:`ConfigurationError` if the server is one signalbus does not
+        support (a Redis Cluster node).
         """
-        return self._publisher.flush(timeout)
+        self._check_server("flush()")
+        flushed = self._publisher.flush(timeout)
+        self._check_server("flush()")
+        return flushed
+
+    def _check_server(self, what: str) -> None:
+        """Raise :class:`ConfigurationError` for ``what`` if the server was refused."""
+        if self._server.refusal is not None:
+            raise ConfigurationError(f"{what}: {self._server.refusal}")
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout``, default ``close_timeout``) and stop the threads.
@@ -450,6 +467,7 @@ class Bus:
                     self._signals[key] = (*known, signal)
                 keys.append(key)
         if keys and not self._subscriber.subscribe(keys, self.subscribe_timeout):
+            self._check_server(", ".join(f"signal {signal.channel!r}" for signal in signals))
             logger.warning(
                 "subscription to %s not confirmed within %.1fs; receivers will "
                 "get remote events once Redis answers",

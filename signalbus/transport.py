@@ -22,18 +22,29 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError, TransportError
 from .history import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
+from .stats import logger
 
 __all__ = [
     "NETWORK_ERRORS",
     "Backoff",
     "PublishConnection",
     "Refusal",
+    "ServerCheck",
     "SubscribeConnection",
     "client_from_url",
     "command_client",
@@ -165,11 +176,75 @@ _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONL
 DEFAULT_SOCKET_TIMEOUT = 10.0
 
 
-def _connection_kwargs(client: redis.Redis) -> dict[str, Any]:
+CLUSTER_ERRORS = (MovedError, AskError, ClusterDownError, ClusterCrossSlotError, TryAgainError)
+"""Replies only a Redis Cluster node gives."""
+
+
+class ServerCheck:
+    """Refuses a server signalbus does not support yet: a Redis Cluster node.
+
+    A node takes PUBLISH, but refuses the history script for every key another node
+    holds (MOVED): events would be lost, counted only as dropped. So each new connection
+    of a bus asks ``INFO cluster`` once connected (as redis-py's ``redis_connect_func``:
+    one round trip per connection, none per event), and a cluster-only reply to a
+    publish tells as well where an ACL forbids INFO. The constructor connects to
+    nothing, so a bus can be made while Redis is down; the first connection finds out.
+    From then on every connection of the bus, and every call that needs one, raises
+    :class:`ConfigurationError`; it is logged once.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self.refusal: str | None = None
+
+    def __call__(self, connection: Any) -> None:
+        connection.on_connect()
+        if self.refusal is None:
+            connection.send_command("INFO", "cluster")
+            try:
+                info = connection.read_response()
+            except ResponseError:  # INFO not allowed: a cluster-only reply will tell
+                info = b""
+            if b"cluster_enabled:1" in info:
+                self._refuse("its INFO says cluster_enabled:1")
+        if self.refusal is not None:
+            connection.disconnect()
+            self.check()
+
+    def check(self) -> None:
+        """Raise :class:`ConfigurationError` if the server was refused."""
+        if self.refusal is not None:
+            raise ConfigurationError(self.refusal)
+
+    def check_reply(self, reply: object) -> None:
+        """Refuse the server if ``reply`` is one only a cluster node gives."""
+        if isinstance(reply, CLUSTER_ERRORS):
+            self._refuse(f"it replied with a {type(reply).__name__}: {reply}")
+            self.check()
+
+    def _refuse(self, why: str) -> None:
+        with self._lock:
+            if self.refusal is not None:
+                return
+            self.refusal = (
+                f"Redis at {redacted(self._url)} is a Redis Cluster node ({why}): signalbus "
+                "does not support Redis Cluster yet, and publishes nothing there; give the "
+                "URL of a single Redis server"
+            )
+        logger.error("signalbus: %s", self.refusal)
+
+
+def _connection_kwargs(client: redis.Redis, check: ServerCheck) -> dict[str, Any]:
     """The client's connection settings, in RESP2 with bytes replies (whatever the
     client's ``decode_responses``: events are bytes), with ``DEFAULT_SOCKET_TIMEOUT``
-    where it has no socket timeout."""
-    kwargs = dict(client.connection_pool.connection_kwargs, protocol=2, decode_responses=False)
+    where it has no socket timeout, and ``check`` on every new connection."""
+    kwargs = dict(
+        client.connection_pool.connection_kwargs,
+        protocol=2,
+        decode_responses=False,
+        redis_connect_func=check,
+    )
     for resp3_only in ("maint_notifications_config", "maint_notifications_pool_handler"):
         kwargs.pop(resp3_only, None)
     if kwargs.get("socket_timeout") is None:
@@ -177,18 +252,18 @@ def _connection_kwargs(client: redis.Redis) -> dict[str, Any]:
     return kwargs
 
 
-def _dedicated_connection(client: redis.Redis) -> Any:
+def _dedicated_connection(client: redis.Redis, check: ServerCheck) -> Any:
     """A connection of the client's kind, outside its pool."""
     pool = client.connection_pool
-    return pool.connection_class(**_connection_kwargs(client))
+    return pool.connection_class(**_connection_kwargs(client, check))
 
 
-def command_client(client: redis.Redis) -> redis.Redis:
-    """A client of its own on ``client``'s server, for a bus's background commands."""
+def command_client(client: redis.Redis, check: ServerCheck) -> redis.Redis:
+    """A client of its own on ``client``'s server, for a bus's commands."""
     pool = client.connection_pool
     return redis.Redis(
         connection_pool=type(pool)(
-            connection_class=pool.connection_class, **_connection_kwargs(client)
+            connection_class=pool.connection_class, **_connection_kwargs(client, check)
         )
     )
 
@@ -231,9 +306,13 @@ class PublishConnection:
     """
 
     def __init__(
-        self, client: redis.Redis, on_trim_warning: Callable[[str], None] = lambda _: None
+        self,
+        client: redis.Redis,
+        check: ServerCheck,
+        on_trim_warning: Callable[[str], None] = lambda _: None,
     ) -> None:
-        self._conn = _dedicated_connection(client)
+        self._conn = _dedicated_connection(client, check)
+        self.check = check
         self._on_trim_warning = on_trim_warning  # trimming dropped what a group needs, or failed
         self._script_loaded = False
         self._loads: deque[bool] = deque()  # per write, in order: did it load the script?
@@ -321,6 +400,7 @@ class PublishConnection:
         try:
             return self._conn.read_response(disconnect_on_error=False)
         except ResponseError as exc:
+            self.check.check_reply(exc)
             return exc
 
     @staticmethod
@@ -352,8 +432,8 @@ class SubscribeConnection:
     refused alone, and the others are subscribed.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._conn = _dedicated_connection(client)
+    def __init__(self, client: redis.Redis, check: ServerCheck) -> None:
+        self._conn = _dedicated_connection(client, check)
         self._write_lock = threading.Lock()
         self._owed: deque[tuple[bytes, bytes | None]] = deque()  # replies still to come
 
