@@ -19,14 +19,13 @@ import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import blinker
 import redis
 
 from .catalog import CatalogWriter, Definition, definition
 from .codec import TOKEN_SIZE, Codec, Envelope, event_id
-from .errors import ArgumentError, ConfigurationError
+from .errors import ArgumentError, ConfigurationError, PublishError
 from .event import Event, _current
 from .groups import (
     DeadLetter,
@@ -45,15 +44,17 @@ from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .recovery import Recovery
 from .replay import ReplayReport, replay, to_group, to_subscribers
 from .schema import validated
-from .signing import SIGNED_OFFSET, Signer, keys_from_environment
+from .signing import SIGNED_OFFSET, Signer
 from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber, call
 from .transport import (
     PublishConnection,
+    ServerCheck,
     SubscribeConnection,
     client_from_url,
     command_client,
     iterate_with_transport_errors,
+    redacted,
     transport_errors,
 )
 
@@ -70,7 +71,8 @@ class Bus:
     """The connection manager of one process: publisher, subscriber, codec, registries.
 
     ``url`` defaults to ``$SIGNALBUS_URL``, else ``redis://localhost:6379/0``; or pass a
-    ready ``client`` (a ``redis.Redis``, or a fakeredis one in tests). Options:
+    ready ``client`` (a ``redis.Redis``, or a fakeredis one in tests) whose settings the
+    bus opens its own connections with. Options:
 
     - ``prefix``: put before every channel name, to separate environments or tests.
     - ``synchronous``: ``send()`` returns only once Redis has the event, and raises
@@ -89,7 +91,8 @@ class Bus:
       other processes, and group receivers, run inside (the Flask extension passes
       ``app.app_context``).
     - ``signing_keys``: sign every event with the first key, accept events signed with
-      any (default ``$SIGNALBUS_SIGNING_KEYS``, comma-separated; see
+      any: a list of keys, or one key (a ``str`` or ``bytes``, commas and all), each of at
+      least 16 bytes (default ``$SIGNALBUS_SIGNING_KEYS``, comma-separated; see
       :mod:`signalbus.signing`).
     - ``catalog``: record the signals this bus carries in the catalog, for
       ``signalbus ls`` (see :mod:`signalbus.catalog`).
@@ -113,7 +116,7 @@ class Bus:
         close_timeout: float = 5.0,
         history: HistoryOption = True,
         receiver_context: Callable[[], AbstractContextManager[object]] | None = None,
-        signing_keys: Sequence[str | bytes] | None = None,
+        signing_keys: str | bytes | Sequence[str | bytes] | None = None,
         catalog: bool = True,
     ) -> None:
         if queue_full not in QUEUE_FULL_POLICIES:
@@ -129,22 +132,19 @@ class Bus:
                 raise ConfigurationError(f"{option} must be a positive int, not {value!r}")
         if not isinstance(prefix, str):
             raise ConfigurationError(f"prefix must be a str, not {prefix!r}")
+        if client is not None:
+            _check_client(client)
         self.url = url or _url_of(client) or os.environ.get("SIGNALBUS_URL") or DEFAULT_URL
         self._owns_client = client is None  # close() closes what the bus made, only
         if client is None:
-            try:
-                client = client_from_url(self.url)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"bad Redis URL {_redacted(self.url)!r}: {exc}; expected e.g. {DEFAULT_URL!r}"
-                ) from exc
+            client = client_from_url(self.url)
         self.client = client
         self.prefix = prefix
         resolve(history)  # a bad option fails here, not at the first send
         self.history = history
         self.subscribe_timeout = subscribe_timeout
         self.close_timeout = close_timeout
-        signer = Signer(keys_from_environment() if signing_keys is None else signing_keys)
+        signer = Signer.from_environment() if signing_keys is None else Signer(signing_keys)
         self.codec = Codec(max_message_size=max_message_size, signer=signer)
         self._publisher_options: dict[str, Any] = dict(
             synchronous=synchronous,
@@ -165,6 +165,7 @@ class Bus:
         self._keys: dict[str, bytes] = {}
         self._bridges: list[BridgedSignal] = []
         self._closed = False
+        self._server = ServerCheck(self.url)  # a refusal holds in forked children too
         self._start_process_life()
         _live_buses.add(self)
 
@@ -178,13 +179,15 @@ class Bus:
         self._stats = Stats()
         log = self._log = ThrottledLog()
         self._publisher = Publisher(
-            PublishConnection(self.client, self._trim_warning),
+            PublishConnection(self.client, self._server, self._trim_warning),
             stats=self._stats,
             log=log,
             **self._publisher_options,
         )
         stopping = self._stopping = threading.Event()
-        self._commands = command_client(self.client)  # recovery, groups and the catalog
+        # History, replay, groups, recovery and the catalog: never through self.client
+        # (see _check_client).
+        self._commands = command_client(self.client, self._server)
         self._catalog = CatalogWriter(self._commands, self.prefix, self._describe)
         self._consumers: dict[str, GroupConsumer] = {}
         recovery = Recovery(
@@ -207,7 +210,7 @@ class Bus:
             context=self._receiver_context,
         )
         self._subscriber = Subscriber(
-            SubscribeConnection(self.client, epoch_key(self.prefix)),
+            SubscribeConnection(self.client, self._server, epoch_key(self.prefix)),
             dispatcher,
             self._is_wanted,
             self._token,
@@ -220,7 +223,7 @@ class Bus:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<signalbus.Bus {_redacted(self.url)!r} prefix={self.prefix!r} {state}>"
+        return f"<signalbus.Bus {redacted(self.url)!r} prefix={self.prefix!r} {state}>"
 
     def __enter__(self) -> Bus:
         return self
@@ -274,6 +277,7 @@ class Bus:
                 f"signal {signal.channel!r}: its bus is closed; make a new Bus or call "
                 "signalbus.configure() again"
             )
+        self._check_server(f"signal {signal.channel!r}")
         channel = signal.channel
         route = signal._route
         if route is None or route[0] is not self:
@@ -312,7 +316,11 @@ class Bus:
             if not publisher.wait_for_room(channel, deadline):
                 break  # dropped, and counted
         if confirmation is not None:
-            publisher.confirm(confirmation, channel, deadline)
+            try:
+                publisher.confirm(confirmation, channel, deadline)
+            except PublishError:
+                self._check_server(f"signal {channel!r}")  # refused as a cluster node: say so
+                raise
         return Event(event_id(self._token_hex, seq), channel, self.origin, timestamp, False)
 
     def _keep_for(self, signal: Signal) -> Keep | None:
@@ -338,7 +346,7 @@ class Bus:
         self, signal: Signal, since: TimeBound, until: TimeBound, limit: int | None
     ) -> Iterator[Event]:
         events = read_history(
-            self.client,
+            self._commands,
             self.codec,
             signal,
             self._kept(signal).stream_key,
@@ -374,7 +382,7 @@ class Bus:
                 )
             write = to_group(retry_key(self.prefix, signal.channel, group))
         return replay(
-            self.client,
+            self._commands,
             self.codec,
             signal,
             write=write,
@@ -399,8 +407,18 @@ class Bus:
 
         Returns False if the timeout passed first, or if Redis refused an event queued
         since the previous flush (or it was given up: see :mod:`signalbus.publisher`).
+        Raises :class:`ConfigurationError` if the server is one signalbus does not
+        support (a Redis Cluster node).
         """
-        return self._publisher.flush(timeout)
+        self._check_server("flush()")
+        flushed = self._publisher.flush(timeout)
+        self._check_server("flush()")
+        return flushed
+
+    def _check_server(self, what: str) -> None:
+        """Raise :class:`ConfigurationError` for ``what`` if the server was refused."""
+        if self._server.refusal is not None:
+            raise ConfigurationError(f"{what}: {self._server.refusal}")
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout``, default ``close_timeout``) and stop the threads.
@@ -449,6 +467,7 @@ class Bus:
                     self._signals[key] = (*known, signal)
                 keys.append(key)
         if keys and not self._subscriber.subscribe(keys, self.subscribe_timeout):
+            self._check_server(", ".join(f"signal {signal.channel!r}" for signal in signals))
             logger.warning(
                 "subscription to %s not confirmed within %.1fs; receivers will "
                 "get remote events once Redis answers",
@@ -584,20 +603,20 @@ class Bus:
     def _dead_letters(self, signal: Signal, group: str) -> Iterator[DeadLetter]:
         dead = dead_letter_key(self.prefix, signal.channel, group)
         return iterate_with_transport_errors(
-            dead_letters(self.client, self.codec, signal.channel, dead, self._token),
+            dead_letters(self._commands, self.codec, signal.channel, dead, self._token),
             f"signal {signal.channel!r}: reading the dead letters of {group!r} failed",
         )
 
     def _group_status(self, signal: Signal) -> list[GroupStatus]:
         stream = self._kept(signal).stream_key
         with transport_errors(f"signal {signal.channel!r}: reading its groups failed"):
-            return group_status(self.client, self.prefix, signal.channel, stream)
+            return group_status(self._commands, self.prefix, signal.channel, stream)
 
     def _requeue(self, signal: Signal, group: str, ids: Collection[str] | None) -> int:
         dead = dead_letter_key(self.prefix, signal.channel, group)
         retry = retry_key(self.prefix, signal.channel, group)
         with transport_errors(f"signal {signal.channel!r}: requeueing for {group!r} failed"):
-            return requeue(self.client, dead, retry, ids)
+            return requeue(self._commands, dead, retry, ids)
 
     def _stop_receiving(self, timeout: float = 1.0) -> None:
         """Stop receiving in this process (a server's master, which forked the workers
@@ -622,21 +641,37 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
+def _check_client(client: object) -> None:
+    """Refuse a client the bus cannot take its connection settings from.
+
+    The bus sends nothing through the client itself: it opens its own connections with
+    the client's settings, in RESP2 with bytes replies, so ``decode_responses`` and the
+    protocol do not matter. That takes a synchronous ``redis.Redis`` (fakeredis's
+    included) on a plain connection pool.
+    """
+    if isinstance(client, redis.RedisCluster):
+        raise ConfigurationError(
+            "client= is a redis.RedisCluster: signalbus does not support Redis Cluster yet; "
+            "pass the url= or a redis.Redis of a single (non-cluster) server"
+        )
+    if not isinstance(client, redis.Redis):
+        raise ConfigurationError(
+            "client= must be a redis.Redis (a synchronous one: the bus runs threads), not "
+            f"{type(client).__module__}.{type(client).__qualname__}; or pass url= instead"
+        )
+    if isinstance(client.connection_pool, redis.SentinelConnectionPool):
+        raise ConfigurationError(
+            "client= is a Sentinel client (master_for): signalbus does not support Sentinel "
+            "yet; pass the url= or a redis.Redis of the current master"
+        )
+
+
 def _url_of(client: redis.Redis | None) -> str | None:
     """Where a ready client points, for reprs and messages."""
     if client is None:
         return None
     kwargs = client.connection_pool.connection_kwargs
     return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
-
-
-def _redacted(url: str) -> str:
-    """``url`` without its password, for messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- the default bus ------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from .errors import ConfigurationError
 from .history import History, stream_key
 from .stats import ThrottledLog, logger
 from .transport import NETWORK_ERRORS, Backoff, glob_escape
@@ -163,6 +164,8 @@ class CatalogWriter:
                 if backoff.wait():
                     return
                 continue
+            except ConfigurationError:  # a server the bus cannot use (logged where found)
+                return
             except redis.RedisError as exc:
                 self._log.warning(
                     "refused", "signalbus: the catalog was not updated: Redis refused: %s", exc

@@ -54,7 +54,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from .bus import DEFAULT_URL, Bus, _redacted
+from .bus import DEFAULT_URL, Bus
 from .catalog import Definition, Listing, catalog_key, listing
 from .codec import Codec, Envelope
 from .errors import (
@@ -70,7 +70,7 @@ from .groups import DeadLetter, GroupStatus
 from .history import ENTRY_ID, TimeBound
 from .replay import ReplayReport
 from .signals import Namespace, Signal
-from .transport import glob_escape
+from .transport import client_from_url, glob_escape, redacted
 
 __all__ = ["cli", "main"]
 
@@ -98,7 +98,7 @@ class Settings:
 def _shown(url: str) -> str:
     """``url`` fit for a message: without its password."""
     try:
-        return _redacted(url)
+        return redacted(url)
     except ValueError:
         return "<a malformed URL>"
 
@@ -108,12 +108,7 @@ def _set(field: str) -> Callable[[click.Context, click.Parameter, Any], None]:
         if value is None:
             return
         if field == "url":
-            try:
-                redis.Redis.from_url(value).close()
-            except ValueError as exc:
-                raise click.BadParameter(
-                    f"not a Redis URL: {exc}; expected e.g. {DEFAULT_URL}", ctx, param
-                ) from None
+            _client(value).close()
         setattr(ctx.ensure_object(Settings), field, value)
 
     return store
@@ -288,8 +283,17 @@ def _failure(url: str, exc: BaseException) -> click.ClickException:
     return click.ClickException(f"Redis at {_shown(url)} refused: {exc}")
 
 
+class _BadSetting(click.ClickException):
+    """A bad URL, in one line (a usage error's exit code, without its usage lines)."""
+
+    exit_code = 2
+
+
 def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, protocol=2, socket_connect_timeout=CONNECT_TIMEOUT)
+    try:
+        return client_from_url(url, socket_connect_timeout=CONNECT_TIMEOUT)
+    except ConfigurationError as exc:
+        raise _BadSetting(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -182,6 +182,8 @@ class GroupConsumer:
                     exc,
                 )
                 backoff.wait()
+            except ConfigurationError:  # a server the bus cannot use (logged where found)
+                return
             except Exception:
                 logger.exception("signalbus group %r: unexpected error; going on", self.group.name)
                 backoff.wait()

@@ -45,7 +45,7 @@ import time
 from collections import deque
 from typing import Literal
 
-from .errors import PublishError, TransportError
+from .errors import ConfigurationError, PublishError, TransportError
 from .handoff import Handoff
 from .stats import Stats, ThrottledLog
 from .transport import Backoff, Outgoing, PublishConnection
@@ -393,7 +393,7 @@ class Publisher:
             "gave up %d events that could not be published (not a network error): %r",
             len(events),
             cause,
-            exc_info=cause is not None,
+            exc_info=cause is not None and not isinstance(cause, ConfigurationError),
         )
         self._start_again()
         failure = PublishError(f"publishing failed: {cause!r}")

@@ -175,7 +175,7 @@ class Signal(blinker.NamedSignal):
         if bus is not None:
             try:
                 bus._watch([self])
-            except SubscribeError:
+            except (SubscribeError, ConfigurationError):
                 self.disconnect(receiver, sender)
                 raise
         return receiver

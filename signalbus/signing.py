@@ -19,12 +19,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from .codec import ENVELOPE_HEAD, REPLAY_HEAD
 from .errors import ConfigurationError, DecodingError
 
-__all__ = ["SIGNATURE_HEAD", "SIGNED_OFFSET", "Signer", "keys_from_environment"]
+__all__ = ["MIN_KEY_SIZE", "SIGNATURE_HEAD", "SIGNED_OFFSET", "Signer"]
 
 SIGNATURE_HEAD = b"\xc4\x20"
 SIGNED_OFFSET = len(SIGNATURE_HEAD) + 32
@@ -33,9 +33,13 @@ _STORED_ID = 0x99
 _TRUE = 0xC3
 
 
-def keys_from_environment() -> list[str]:
-    """``$SIGNALBUS_SIGNING_KEYS``: keys separated by commas, the signing one first."""
-    return [key for key in os.environ.get("SIGNALBUS_SIGNING_KEYS", "").split(",") if key]
+MIN_KEY_SIZE = 16
+"""The shortest signing key accepted, in bytes (encoded as UTF-8).
+
+Anyone who can subscribe sees signed messages, and can then try keys offline as fast as
+SHA-256 runs, with no server to slow them down: a short key (a word, a name) falls in
+minutes. 16 random bytes (128 bits) are out of reach; a passphrase needs more than that.
+"""
 
 
 class _Key:
@@ -68,13 +72,25 @@ _OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
 
 
 class Signer:
-    """Signs what a bus sends and opens what it receives."""
+    """Signs what a bus sends and opens what it receives.
 
-    def __init__(self, keys: Sequence[str | bytes]) -> None:
-        encoded = [key.encode() if isinstance(key, str) else key for key in keys]
-        if any(not isinstance(key, bytes) or not key for key in encoded):
-            raise ConfigurationError("signing keys must be non-empty str or bytes")
-        self.keys = [_Key(key) for key in encoded]
+    ``keys`` is one key (a ``str`` or ``bytes``) or several, the signing one first; none
+    means no signing. ``source`` names where they came from, for error messages.
+    """
+
+    def __init__(
+        self, keys: str | bytes | Iterable[str | bytes], source: str = "signing_keys"
+    ) -> None:
+        self.keys = [_Key(key) for key in _checked(keys, source)]
+
+    @classmethod
+    def from_environment(cls) -> Signer:
+        """With the keys of ``$SIGNALBUS_SIGNING_KEYS``: separated by commas (the only
+        place where a comma separates keys), the signing one first, spaces around each
+        taken off; unset or blank, none."""
+        text = os.environ.get("SIGNALBUS_SIGNING_KEYS", "")
+        keys = [key.strip() for key in text.split(",")] if text.strip() else []
+        return cls(keys, "$SIGNALBUS_SIGNING_KEYS")
 
     @property
     def signs(self) -> bool:
@@ -98,6 +114,32 @@ class Signer:
             ):
                 raise DecodingError("bad signature: not signed with any of this bus's keys")
         return message[SIGNED_OFFSET:]
+
+
+def _checked(keys: object, source: str) -> list[bytes]:
+    """``keys`` as a list of keys, each one usable as a secret, or a ConfigurationError."""
+    if isinstance(keys, (str, bytes)):  # one key, never one key per character
+        keys = [keys]
+    elif not isinstance(keys, Iterable):
+        raise ConfigurationError(
+            f"{source} must be a key (str or bytes) or a list of keys, not {type(keys).__name__}"
+        )
+    checked = []
+    for position, key in enumerate(keys, 1):
+        if not isinstance(key, (str, bytes)):
+            raise ConfigurationError(
+                f"{source}: key {position} is a {type(key).__name__}; a key is a str or bytes"
+            )
+        encoded = key.encode() if isinstance(key, str) else key
+        if len(encoded) < MIN_KEY_SIZE:
+            what = "empty" if not encoded else f"only {len(encoded)} bytes long"
+            raise ConfigurationError(
+                f"{source}: key {position} is {what}; a signing key must be at least "
+                f"{MIN_KEY_SIZE} bytes, e.g. python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'"
+            )
+        checked.append(encoded)
+    return checked
 
 
 _STREAM_ID_CHARACTERS = b"0123456789-"

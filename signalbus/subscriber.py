@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import event as event_module
 from .codec import ENVELOPE_TAIL, REPLAY_HEAD, Codec, Envelope
-from .errors import DecodingError, SubscribeError, TransportError, ValidationError
+from .errors import (
+    ConfigurationError,
+    DecodingError,
+    SubscribeError,
+    TransportError,
+    ValidationError,
+)
 from .handoff import Handoff
 from .recovery import Recovery, Subscribed
 from .schema import validated
@@ -204,6 +210,9 @@ class Subscriber:
                 self._give_up_waiting()
                 self._log.warning("unreachable", "cannot reach Redis to subscribe: %s", exc)
                 backoff.wait()
+            except ConfigurationError:  # a server the bus cannot use (logged where found)
+                self._give_up_waiting()
+                return
             except Exception:
                 if self._stopping.is_set():
                     break

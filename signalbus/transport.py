@@ -10,33 +10,48 @@ Both speak RESP2, where pub/sub messages are plain replies.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
+import inspect
 import os
 import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import TransportError
+from .errors import ConfigurationError, TransportError
 from .history import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
+from .stats import logger
 
 __all__ = [
     "NETWORK_ERRORS",
     "Backoff",
     "PublishConnection",
     "Refusal",
+    "ServerCheck",
     "SubscribeConnection",
     "client_from_url",
     "command_client",
     "glob_escape",
     "iterate_with_transport_errors",
+    "redacted",
     "transport_errors",
 ]
 
@@ -86,9 +101,75 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
-def client_from_url(url: str) -> redis.Redis:
-    """A client for ``url``; a malformed URL raises ``ValueError``."""
-    return redis.Redis.from_url(url, protocol=2)
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def client_from_url(url: str, **defaults: Any) -> redis.Redis:
+    """A client for ``url`` (``defaults`` for what it does not set), its options checked.
+
+    redis-py hands an option it does not know on to the connection class, which raises
+    a ``TypeError`` only when the first connection is made; here a malformed URL, an
+    option no connection takes (with the closest name suggested) and a bad value are a
+    :class:`ConfigurationError` at once. No connection is made.
+    """
+    try:
+        client = redis.Redis.from_url(url, **{"protocol": 2, **defaults})
+    except ValueError as exc:
+        scheme = urlsplit(url).scheme
+        if scheme in ("redis", "rediss", "unix"):  # a bad value
+            raise _bad_url(url, str(exc).rstrip(".")) from None
+        hint = "; expected e.g. redis://localhost:6379/0"
+        if scheme.startswith("redis+"):
+            hint = "; Sentinel and Cluster are not supported yet: give the URL of one server"
+        raise _bad_url(url, str(exc).rstrip(".") + hint) from None
+    pool = client.connection_pool
+    known = _keywords(pool.connection_class)
+    for option in pool.connection_kwargs:
+        if option not in known:
+            raise _bad_url(url, _unknown(option, known))
+    try:  # the values: a connection object checks them without connecting
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError, RedisError) as exc:
+        raise _bad_url(url, str(exc)) from None
+    return client
+
+
+def _bad_url(url: str, problem: str) -> ConfigurationError:
+    return ConfigurationError(f"bad Redis URL {redacted(url)!r}: {problem}")
+
+
+def _unknown(option: str, known: Collection[str]) -> str:
+    """What to say of an ``option`` that is not one of ``known``."""
+    said = f"unknown option {option!r}"
+    if option in _keywords(redis.SSLConnection):
+        return f"{said}: it is for rediss:// URLs (TLS) only"
+    close = difflib.get_close_matches(option, known, n=1)
+    return f"{said}; did you mean {close[0]!r}?" if close else f"{said} (see redis-py's Connection)"
+
+
+@functools.cache
+def _keywords(connection_class: type) -> frozenset[str]:
+    """The keyword arguments ``connection_class`` takes, as its constructors declare
+    them: each ``__init__`` up its classes, for as long as one passes ``**kwargs`` on."""
+    names: set[str] = set()
+    for cls in connection_class.__mro__:
+        init = vars(cls).get("__init__")
+        if init is None:
+            continue
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # after self
+        names.update(p.name for p in parameters if p.kind in _NAMED)
+        if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+            break
+    return frozenset(names)
+
+
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 # A server that stops answering (paused, or a network that drops packets) must turn
@@ -96,10 +177,75 @@ def client_from_url(url: str) -> redis.Redis:
 DEFAULT_SOCKET_TIMEOUT = 10.0
 
 
-def _connection_kwargs(client: redis.Redis) -> dict[str, Any]:
-    """The client's connection settings, in RESP2, with ``DEFAULT_SOCKET_TIMEOUT``
-    where it has no socket timeout."""
-    kwargs = dict(client.connection_pool.connection_kwargs, protocol=2)
+CLUSTER_ERRORS = (MovedError, AskError, ClusterDownError, ClusterCrossSlotError, TryAgainError)
+"""Replies only a Redis Cluster node gives."""
+
+
+class ServerCheck:
+    """Refuses a server signalbus does not support yet: a Redis Cluster node.
+
+    A node takes PUBLISH, but refuses the history script for every key another node
+    holds (MOVED): events would be lost, counted only as dropped. So each new connection
+    of a bus asks ``INFO cluster`` once connected (as redis-py's ``redis_connect_func``:
+    one round trip per connection, none per event), and a cluster-only reply to a
+    publish tells as well where an ACL forbids INFO. The constructor connects to
+    nothing, so a bus can be made while Redis is down; the first connection finds out.
+    From then on every connection of the bus, and every call that needs one, raises
+    :class:`ConfigurationError`; it is logged once.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self.refusal: str | None = None
+
+    def __call__(self, connection: Any) -> None:
+        connection.on_connect()
+        if self.refusal is None:
+            connection.send_command("INFO", "cluster")
+            try:
+                info = connection.read_response()
+            except ResponseError:  # INFO not allowed: a cluster-only reply will tell
+                info = b""
+            if b"cluster_enabled:1" in info:
+                self._refuse("its INFO says cluster_enabled:1")
+        if self.refusal is not None:
+            connection.disconnect()
+            self.check()
+
+    def check(self) -> None:
+        """Raise :class:`ConfigurationError` if the server was refused."""
+        if self.refusal is not None:
+            raise ConfigurationError(self.refusal)
+
+    def check_reply(self, reply: object) -> None:
+        """Refuse the server if ``reply`` is one only a cluster node gives."""
+        if isinstance(reply, CLUSTER_ERRORS):
+            self._refuse(f"it replied with a {type(reply).__name__}: {reply}")
+            self.check()
+
+    def _refuse(self, why: str) -> None:
+        with self._lock:
+            if self.refusal is not None:
+                return
+            self.refusal = (
+                f"Redis at {redacted(self._url)} is a Redis Cluster node ({why}): signalbus "
+                "does not support Redis Cluster yet, and publishes nothing there; give the "
+                "URL of a single Redis server"
+            )
+        logger.error("signalbus: %s", self.refusal)
+
+
+def _connection_kwargs(client: redis.Redis, check: ServerCheck) -> dict[str, Any]:
+    """The client's connection settings, in RESP2 with bytes replies (whatever the
+    client's ``decode_responses``: events are bytes), with ``DEFAULT_SOCKET_TIMEOUT``
+    where it has no socket timeout, and ``check`` on every new connection."""
+    kwargs = dict(
+        client.connection_pool.connection_kwargs,
+        protocol=2,
+        decode_responses=False,
+        redis_connect_func=check,
+    )
     for resp3_only in ("maint_notifications_config", "maint_notifications_pool_handler"):
         kwargs.pop(resp3_only, None)
     if kwargs.get("socket_timeout") is None:
@@ -107,18 +253,18 @@ def _connection_kwargs(client: redis.Redis) -> dict[str, Any]:
     return kwargs
 
 
-def _dedicated_connection(client: redis.Redis) -> Any:
+def _dedicated_connection(client: redis.Redis, check: ServerCheck) -> Any:
     """A connection of the client's kind, outside its pool."""
     pool = client.connection_pool
-    return pool.connection_class(**_connection_kwargs(client))
+    return pool.connection_class(**_connection_kwargs(client, check))
 
 
-def command_client(client: redis.Redis) -> redis.Redis:
-    """A client of its own on ``client``'s server, for a bus's background commands."""
+def command_client(client: redis.Redis, check: ServerCheck) -> redis.Redis:
+    """A client of its own on ``client``'s server, for a bus's commands."""
     pool = client.connection_pool
     return redis.Redis(
         connection_pool=type(pool)(
-            connection_class=pool.connection_class, **_connection_kwargs(client)
+            connection_class=pool.connection_class, **_connection_kwargs(client, check)
         )
     )
 
@@ -161,9 +307,13 @@ class PublishConnection:
     """
 
     def __init__(
-        self, client: redis.Redis, on_trim_warning: Callable[[str], None] = lambda _: None
+        self,
+        client: redis.Redis,
+        check: ServerCheck,
+        on_trim_warning: Callable[[str], None] = lambda _: None,
     ) -> None:
-        self._conn = _dedicated_connection(client)
+        self._conn = _dedicated_connection(client, check)
+        self.check = check
         self._on_trim_warning = on_trim_warning  # trimming dropped what a group needs, or failed
         self._script_loaded = False
         self._loads: deque[bool] = deque()  # per write, in order: did it load the script?
@@ -251,6 +401,7 @@ class PublishConnection:
         try:
             return self._conn.read_response(disconnect_on_error=False)
         except ResponseError as exc:
+            self.check.check_reply(exc)
             return exc
 
     @staticmethod
@@ -282,8 +433,8 @@ class SubscribeConnection:
     refused alone, and the others are subscribed.
     """
 
-    def __init__(self, client: redis.Redis, epoch_key: bytes) -> None:
-        self._conn = _dedicated_connection(client)
+    def __init__(self, client: redis.Redis, check: ServerCheck, epoch_key: bytes) -> None:
+        self._conn = _dedicated_connection(client, check)
         self._epoch_key = epoch_key
         self._write_lock = threading.Lock()
         self._owed: deque[tuple[bytes, bytes | None]] = deque()  # replies still to come

@@ -133,19 +133,21 @@ def test_ping_fails_clearly_when_the_server_is_unreachable(
     assert "cannot reach" in err
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["ping"],
-        ["tail"],
-        ["send", "auth.logged-in", "x=1"],
-        ["history", "auth.logged-in"],
-        ["replay", "auth.logged-in", "--since", "0"],
-        ["groups", "auth.logged-in"],
-        ["dead-letters", "auth.logged-in", "--group", "mailer"],
-        ["dead-letters", "auth.logged-in", "--group", "mailer", "--requeue"],
-    ],
-)
+EVERY_COMMAND = [
+    ["ping"],
+    ["ls"],
+    ["schema", "auth.logged-in"],
+    ["tail"],
+    ["send", "auth.logged-in", "x=1"],
+    ["history", "auth.logged-in"],
+    ["replay", "auth.logged-in", "--since", "0"],
+    ["groups", "auth.logged-in"],
+    ["dead-letters", "auth.logged-in", "--group", "mailer"],
+    ["dead-letters", "auth.logged-in", "--group", "mailer", "--requeue"],
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND)
 def test_every_command_fails_in_one_line_without_the_password(
     unreachable_url: str, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
@@ -161,7 +163,31 @@ def test_every_command_fails_in_one_line_without_the_password(
 def test_a_malformed_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "--url", "localhost:6379", "ping")
     assert code == 2
-    assert "not a Redis URL" in err
+    assert "bad Redis URL 'localhost:6379': Redis URL must specify one of the" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND)
+@pytest.mark.parametrize("given", ["before", "after", "environment"])
+def test_a_misspelt_url_option_is_a_one_line_usage_error(
+    unreachable_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    given: str,
+) -> None:
+    url = f"{unreachable_url}?socket_timout=5"
+    if given == "environment":
+        monkeypatch.setenv("SIGNALBUS_URL", url)
+        args = command
+    else:
+        args = ["--url", url, *command] if given == "before" else [*command, "--url", url]
+    code, out, err = run_cli(capsys, *args)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"Error: bad Redis URL '{url}': unknown option 'socket_timout'; "
+        "did you mean 'socket_timeout'?\n"
+    )
 
 
 # -- send ----------------------------------------------------------------------------------

@@ -99,9 +99,22 @@ def test_configuration_errors_fail_at_startup(prefix: str) -> None:
     app.config.update(SIGNALBUS_URL="http://nowhere", SIGNALBUS_PREFIX=prefix)
     with pytest.raises(ConfigurationError, match="bad Redis URL"):
         SignalBus(app)
+    app.config.update(SIGNALBUS_URL="redis://localhost:1/0?socket_timout=5")
+    with pytest.raises(ConfigurationError, match="did you mean 'socket_timeout'"):
+        SignalBus(app)
     app.config.update(SIGNALBUS_URL="redis://localhost:1/0", SIGNALBUS_QUEUE_FULL="sometimes")
     with pytest.raises(ConfigurationError, match="queue_full"):
         SignalBus(app)
+    app.config.update(SIGNALBUS_QUEUE_FULL="drop", SIGNALBUS_SIGNING_KEYS="secret")
+    with pytest.raises(ConfigurationError, match="signing_keys: key 1 is only 6 bytes long"):
+        SignalBus(app)
+
+
+def test_a_signing_key_in_the_config_is_one_key(
+    make_app: Callable[..., flask.Flask], redis_url: str
+) -> None:
+    app = make_app(redis_url, SIGNALBUS_SIGNING_KEYS="one key, though it has a comma")
+    assert len(app.extensions["signalbus"].bus.codec.signer.keys) == 1
 
 
 def test_signals_listed_in_the_config_are_bridged(

@@ -42,7 +42,7 @@ FUZZ = settings(
 TOKEN = bytes(range(1, 9))
 CHANNEL = "tests.fuzz-signal"
 SIZE = 1 << 20
-SIGNING_KEYS = ["old-key", "new-key"]
+SIGNING_KEYS = ["2026-10: the old key", "2026-11: the new key"]
 
 
 # -- module-level types, so the receiving codec can find them by module:qualname ------------

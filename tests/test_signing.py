@@ -18,7 +18,7 @@ from signalbus.signing import SIGNATURE_HEAD, SIGNED_OFFSET, Signer, _Key
 
 from .helpers import Child, Recorder, wait_for
 
-OLD, NEW = "old-key", b"new-key"
+OLD, NEW = "2026-10: the old key", b"2026-11: the new key"
 
 
 def listen(bus: Bus, name: str = "logged-in") -> Recorder:
@@ -47,7 +47,7 @@ def test_unsigned_and_wrongly_signed_events_are_dropped_and_counted(
     receiver_bus = make_bus(signing_keys=[NEW])
     recorder = listen(receiver_bus)
     send(make_bus(), 1)  # unsigned
-    send(make_bus(signing_keys=["someone else's"]), 2)
+    send(make_bus(signing_keys=["someone else's key, not ours"]), 2)
     send(make_bus(signing_keys=[NEW]), 3)  # once this one is in, the others were refused
     assert recorder.wait(1) == [("web", {"n": 3})]
     wait_for(lambda: receiver_bus.stats()["invalid"] == 2)
@@ -91,21 +91,67 @@ def test_history_and_replays_are_verified_the_same_way(make_bus: Callable[..., B
     assert recorder.wait(1) == [("web", {"n": 1})]
 
 
-def test_signing_keys_must_be_usable(make_bus: Callable[..., Bus]) -> None:
-    with pytest.raises(ConfigurationError, match="signing keys"):
-        make_bus(signing_keys=[""])
+def test_one_string_is_one_key(make_bus: Callable[..., Bus]) -> None:
+    """A key given alone, not in a list, is one key: never one key per character, which
+    let a forger who signed with the key "a" reach a receiver whose key was a phrase."""
+    phrase = "a long phrase, commas and all"
+    receiver_bus = make_bus(signing_keys=phrase)
+    assert len(receiver_bus.codec.signer.keys) == 1
+    recorder = listen(receiver_bus)
+    forger = make_bus(signing_keys=[NEW])
+    forger.codec.signer.keys = [_Key(b"a")]  # one of the phrase's characters
+    send(forger, 1)
+    send(make_bus(signing_keys=phrase.encode()), 2)  # bytes too
+    assert recorder.wait(1) == [("web", {"n": 2})]
+    assert receiver_bus.stats()["invalid"] == 1
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        ("", "signing_keys: key 1 is empty"),
+        ([NEW, ""], "signing_keys: key 2 is empty"),
+        ("hunter2", "signing_keys: key 1 is only 7 bytes long; a signing key must be at least 16"),
+        ([b"short"], "key 1 is only 5 bytes long"),
+        ([NEW, 42], "key 2 is a int; a key is a str or bytes"),
+        (42, "signing_keys must be a key .str or bytes. or a list of keys, not int"),
+    ],
+)
+def test_signing_keys_must_be_usable(
+    make_bus: Callable[..., Bus], keys: object, error: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=error) as raised:
+        make_bus(signing_keys=keys)
+    assert "hunter2" not in str(raised.value)  # a message never shows a key
+
+
+@pytest.mark.parametrize(
+    ("variable", "error"),
+    [
+        (f"{NEW.decode()},", r"\$SIGNALBUS_SIGNING_KEYS: key 2 is empty"),
+        ("short, keys", r"\$SIGNALBUS_SIGNING_KEYS: key 1 is only 5 bytes long"),
+    ],
+)
+def test_keys_from_the_environment_must_be_usable(
+    make_bus: Callable[..., Bus], monkeypatch: pytest.MonkeyPatch, variable: str, error: str
+) -> None:
+    monkeypatch.setenv("SIGNALBUS_SIGNING_KEYS", variable)
+    with pytest.raises(ConfigurationError, match=error):
+        make_bus()
+    monkeypatch.setenv("SIGNALBUS_SIGNING_KEYS", "  ")  # blank: no keys, as unset
+    assert not make_bus().codec.signer.signs
 
 
 def test_keys_come_from_the_environment(
     make_bus: Callable[..., Bus], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SIGNALBUS_SIGNING_KEYS", "new-key,old-key")
+    monkeypatch.setenv("SIGNALBUS_SIGNING_KEYS", f" {NEW.decode()} , {OLD}")  # spaces go
     signer = make_bus().codec.signer
     envelope = b"\x98" + b"an event"
     assert signer.sign(envelope)[len(SIGNATURE_HEAD) : SIGNED_OFFSET] == hmac.digest(
-        b"new-key", envelope, hashlib.sha256
+        NEW, envelope, hashlib.sha256
     )
-    assert signer.open(Signer(["old-key"]).sign(envelope)) == envelope
+    assert signer.open(Signer([OLD]).sign(envelope)) == envelope
 
 
 def test_rotation_across_processes(
@@ -113,13 +159,15 @@ def test_rotation_across_processes(
 ) -> None:
     """A process that took its keys from the environment, new first, hears the senders
     still on the old key and those on the new one, and nobody else."""
-    listener = Child("listen", redis_url, prefix, "2", env={"SIGNALBUS_SIGNING_KEYS": "new,old"})
+    listener = Child(
+        "listen", redis_url, prefix, "2", env={"SIGNALBUS_SIGNING_KEYS": f"{NEW.decode()},{OLD}"}
+    )
     try:
         listener.wait_ready()
         send(make_bus(), 0)  # unsigned: refused
-        send(make_bus(signing_keys=["other"]), 1)  # someone else's key: refused
-        send(make_bus(signing_keys=["old"]), 2)
-        send(make_bus(signing_keys=["new", "old"]), 3)
+        send(make_bus(signing_keys=["someone else's key, not ours"]), 1)  # refused
+        send(make_bus(signing_keys=[OLD]), 2)
+        send(make_bus(signing_keys=[NEW, OLD]), 3)
         wait_for(lambda: len(listener.events()) == 2)
         assert [event["kwargs"]["n"] for event in listener.events()] == [2, 3]
         assert listener.finish() == 0, listener.stderr()
