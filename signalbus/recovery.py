@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import threading
 import time
@@ -107,6 +108,9 @@ class _Position:
     anchor: _Anchor
     last: Envelope | None = None
     """The last kept event dispatched: its stream id, sender and number."""
+    floor: StreamId | None = None
+    """Where its events began, by the server's clock, until the first catch-up: what
+    came between that and the anchor arrived live, unless the connection dropped."""
 
 
 class _Stream(NamedTuple):
@@ -246,23 +250,25 @@ class Recovery:
     ) -> Iterator[Envelope]:
         info, epoch, (seconds, microseconds) = self._state(stream, [_time])
         state = _Stream.of(info)
-        self._positions[channel_key] = _Position(_Anchor(state.last_id, state.added, epoch))
-        # The server's clock at ``since``, to the millisecond. After a confirmation,
-        # from the next one: an event kept in the same millisecond may have been sent
-        # before connect(). After connect() gave up, from that one: what was sent just
-        # after it returned must not be missed.
-        elapsed = int(1000 * (time.monotonic() - subscribed.since))
-        margin = 0 if subscribed.late else 1
-        start = (seconds * 1000 + microseconds // 1000 - elapsed + margin, 0)
-        if subscribed.epoch is not None and epoch is not None and epoch != subscribed.epoch:
-            why: str | None = _LOST_DATA
-        elif state.removed and (state.first_id is None or state.first_id > start):
-            why = "its history no longer reaches back to when this process subscribed"
+        position = self._positions[channel_key] = _Position(
+            _Anchor(state.last_id, state.added, epoch)
+        )
+        # The server's clock at ``since``, to the millisecond. After connect() gave up
+        # waiting, from the one before: what was sent just after it returned must not
+        # be missed. After a confirmation, from the one after: an event kept in the same
+        # millisecond may have been sent before connect().
+        now = seconds * 1000 + microseconds // 1000
+        elapsed = 1000 * (time.monotonic() - subscribed.since)
+        if subscribed.late:
+            start = (now - math.ceil(elapsed) - 1, 0)
         else:
-            why = None
-        if why is not None:
-            self._gap(channel, format_id(start), state.first_id, why)
-        yield from self._kept(channel, stream, format_id(start))
+            start = position.floor = (now - math.floor(elapsed) + 1, 0)
+        if subscribed.epoch is not None and epoch is not None and epoch != subscribed.epoch:
+            self._gap(channel, format_id(start), state.first_id, _LOST_DATA)
+        elif subscribed.late:
+            if _trimmed_past(state, start):
+                self._gap(channel, format_id(start), state.first_id, _NOT_BACK_TO_SUBSCRIBING)
+            yield from self._kept(channel, stream, format_id(start))
 
     def _resume(self, channel_key: bytes, channel: str, stream: bytes) -> Iterator[Envelope]:
         position = self._positions.get(channel_key)
@@ -279,8 +285,10 @@ class Recovery:
         elif checks and same_data and last_id == format_id(state.last_id):
             pass  # the last event added is the last one dispatched, trimmed since: a quiet signal
         else:
-            anchor = position.anchor
+            anchor, floor = position.anchor, position.floor
             why = _loss(anchor, state, epoch)
+            if why is None and floor is not None and _trimmed_past(state, floor):
+                why = _NOT_BACK_TO_SUBSCRIBING
             if why is not None:
                 self._gap(channel, last_id or format_id(anchor.last_id), state.first_id, why)
             elif last_id is not None:  # not lost, not held: an id the stream never gave it
@@ -293,8 +301,10 @@ class Recovery:
                     last_id,
                     format_id(anchor.last_id),
                 )
-            yield from self._kept(channel, stream, f"({format_id(anchor.last_id)}")
+            after = f"({format_id(anchor.last_id)}" if floor is None else format_id(floor)
+            yield from self._kept(channel, stream, after)
         position.anchor = _Anchor(state.last_id, state.added, epoch)
+        position.floor = None
 
     def _state(self, stream: bytes, commands: list[Callable[[Any], object]]) -> list[Any]:
         """The stream's XINFO and the data epoch, then ``commands``' replies, in one
@@ -357,6 +367,12 @@ class Recovery:
 
 
 _LOST_DATA = "Redis lost its data since (a restart without persistence, or a flush)"
+_NOT_BACK_TO_SUBSCRIBING = "its history no longer reaches back to when this process subscribed"
+
+
+def _trimmed_past(state: _Stream, start: StreamId) -> bool:
+    """Whether entries from ``start`` on may have been taken out of the stream."""
+    return state.removed and (state.first_id is None or state.first_id > start)
 
 
 def _time(pipeline: Any) -> object:
