@@ -157,7 +157,8 @@ class Bus:
         self._signs = self.codec.signer.signs
         self._records_catalog = catalog
         # Signals with receivers, by channel key; replaced, never mutated, so the reader
-        # and dispatcher threads read it without a lock.
+        # and dispatcher threads read it without a lock, and a copy taken at any moment
+        # (a fork's) can be walked while the map changes.
         self._signals: dict[bytes, tuple[Signal, ...]] = {}
         # Signals with group receivers: group -> stream key -> signals; replaced, not mutated.
         self._groups: dict[str, Group] = {}
@@ -442,12 +443,14 @@ class Bus:
             return
         keys = []
         with self._lock:
+            watched = dict(self._signals)
             for signal in signals:
                 key = self._key(signal.channel)
-                known = self._signals.get(key, ())
+                known = watched.get(key, ())
                 if signal not in known:
-                    self._signals[key] = (*known, signal)
+                    watched[key] = (*known, signal)
                 keys.append(key)
+            self._signals = watched
         if keys and not self._subscriber.subscribe(keys, self.subscribe_timeout):
             logger.warning(
                 "subscription to %s not confirmed within %.1fs; receivers will "
@@ -466,10 +469,13 @@ class Bus:
         """Whether a signal on ``key`` has receivers; forgets the signals that have none."""
         with self._lock:
             listening = tuple(signal for signal in self._signals.get(key, ()) if signal.receivers)
-            if listening:
-                self._signals[key] = listening
-            else:
-                self._signals.pop(key, None)
+            if listening != self._signals.get(key, ()):
+                watched = dict(self._signals)
+                if listening:
+                    watched[key] = listening
+                else:
+                    del watched[key]
+                self._signals = watched
             return bool(listening)
 
     # -- bridges -------------------------------------------------------------------
@@ -608,6 +614,9 @@ class Bus:
             consumer.join(_left(deadline))
 
     def _after_fork_in_child(self) -> None:
+        """Start this process's life: its own threads and sockets, subscribed to the
+        channels whose signals still have receivers (the parent may not have noticed
+        one lost its last receiver yet, or, a server's master, stopped looking)."""
         self._start_process_life()
         wanted = [key for key in self._signals if self._is_wanted(key)]
         if wanted and not self._closed:
@@ -681,7 +690,25 @@ def configure(url: str | None = None, **options: Any) -> Bus:
 
 def _after_fork_in_child() -> None:
     for bus in list(_live_buses):
-        bus._after_fork_in_child()
+        guarded(bus._after_fork_in_child, "its receivers get no events from other processes")
+
+
+def guarded(fork_handling: Callable[[], None], consequence: str) -> None:
+    """Run one bus's ``fork_handling``; a failure is logged, never raised.
+
+    Python only prints what an at-fork hook raises, as "Exception ignored", and stops
+    there: the other buses of the process would be left unhandled, and the failure
+    unseen by the process's logging.
+    """
+    try:
+        fork_handling()
+    except Exception:
+        logger.exception(
+            "signalbus: handling a fork failed in process %d (%s): %s",
+            os.getpid(),
+            getattr(fork_handling, "__self__", fork_handling),
+            consequence,
+        )
 
 
 def _close_all_at_exit() -> None:
