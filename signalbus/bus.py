@@ -561,7 +561,11 @@ class Bus:
     def _handle_for_group(
         self, name: str, stream: bytes, envelope: Envelope, entry_id: str, attempt: int
     ) -> None:
-        """Run ``name``'s receivers for one event; what they raise is the event's failure."""
+        """Run ``name``'s receivers for one event; what they raise is the event's failure.
+
+        A muted signal runs none, as for broadcast receivers: the event counts as
+        handled, acknowledged rather than tried again until it goes to dead letters.
+        """
         signals = self._group_signals.get(name, {}).get(stream, ())
         event = Event(
             envelope.id,
@@ -578,11 +582,13 @@ class Bus:
         try:
             with self._receiver_context() if self._receiver_context else contextlib.nullcontext():
                 for signal in signals:
-                    if signal.channel == envelope.channel:
+                    if signal.channel == envelope.channel and not signal.is_muted:
                         kwargs = envelope.kwargs
                         if signal.schema is not None:
                             kwargs = validated(signal.schema, signal.channel, kwargs)
-                        for receiver in signal.group_receivers_for(name, envelope.sender):
+                        for receiver in signal.group_receivers_for(
+                            name, envelope.sender, replayed=envelope.replayed
+                        ):
                             call(receiver, envelope.sender, kwargs)
         finally:
             _current.reset(token)

@@ -288,3 +288,37 @@ def test_members_gone_for_long_are_removed_from_the_group(
         return [member["name"] for member in raw.xinfo_consumers(stream, "mailer")]
 
     wait_for(lambda: members() == [f"{bus.origin}:{bus._token_hex}".encode()])
+
+
+def test_group_receivers_keep_to_muted_and_replays_false(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str
+) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    everything: list[tuple[int, bool]] = []
+    originals: list[int] = []
+
+    def record(sender: Any, **kwargs: Any) -> None:
+        event = signalbus.current_event()
+        assert event is not None
+        everything.append((kwargs["n"], event.replayed))
+
+    signal.connect(record, weak=False, group="mailer")
+    signal.connect(
+        lambda sender, **kwargs: originals.append(kwargs["n"]),
+        weak=False,
+        group="mailer",
+        replays=False,
+    )
+    sender_bus = make_bus()
+    with signal.muted():  # skipped and acknowledged, as a muted broadcast is: never retried
+        send(sender_bus, 1)
+        wait_for(lambda: bus.stats()["group_handled"] == 1)
+    assert raw.xpending(f"{prefix}signalbus:history:{CHANNEL}", "mailer")["pending"] == 0
+    send(sender_bus, 1, first=1)
+    wait_for(lambda: originals == [1])
+    signal.replay("0", group="mailer")
+    wait_for(lambda: len(everything) == 3)  # both receivers run on each event, in one call
+    assert everything == [(1, False), (0, True), (1, True)]
+    assert originals == [1]
+    assert bus.stats()["group_failures"] == 0
