@@ -16,8 +16,12 @@ logger = logging.getLogger("signalbus")
 class Stats:
     """What a bus has done since it started; read it with ``bus.stats()``.
 
-    Hot counters are written by the one thread that owns them; the others, rare
-    by nature, go through :meth:`add` under a lock.
+    The hot counters are written by the one thread that owns them, without a lock:
+    ``published`` by the publisher thread (synchronous sends too go through it),
+    ``received`` by the dispatcher thread and ``own_skipped`` by the reader thread.
+    Every other counter has several writers (the threads of each group, the reader
+    and the dispatcher, senders...) and goes through :meth:`add`, under a lock: ``+=``
+    from two threads can lose an update.
     """
 
     published: int = 0
