@@ -502,10 +502,12 @@ class Bus:
     # -- groups --------------------------------------------------------------------
 
     def _trim_warning(self, warning: str) -> None:
-        """History trimming had to drop events a group still needed, or failed: loudly,
-        every time."""
+        """History trimming had to drop events a group still needed, or failed: an
+        error, counted every time, logged at most every few seconds per stream (it
+        comes back with every batch until the group catches up)."""
         self._stats.add("trim_warnings")
-        logger.error("signalbus: history trimming: %s", warning)
+        stream = warning.partition(": ")[0]
+        self._log.error(f"trim:{stream}", "signalbus: history trimming: %s", warning)
 
     def _join(self, signal: Signal, group: Group) -> None:
         """Let this process handle ``group``'s share of ``signal``'s events."""

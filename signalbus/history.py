@@ -115,7 +115,8 @@ def epoch_key(prefix: str) -> bytes:
 # acknowledged is trimmed by age, nor by count while every group is at most max_count
 # events behind. A group further behind holds trimming back, up to HOLD x max_count
 # entries; past that the stream is trimmed anyway and a warning says what was lost.
-# A trim that fails is a warning too: it must not pass unnoticed.
+# A trim that fails is a warning too: it must not pass unnoticed. Every warning starts
+# with "<stream key>: ".
 PUBLISH_SCRIPT = b"""
 local HOLD = 10
 
@@ -168,7 +169,7 @@ local function trim(key, max_count, min_id)
   local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
   for _, held in ipairs(unacked) do
     if first and older(held[2], first[1]) then
-      warning = (warning or key .. ':') .. '; group ' .. held[1]
+      warning = (warning and warning .. '; ' or key .. ': ') .. 'group ' .. held[1]
         .. ' lost unacknowledged events from ' .. held[2]
     end
   end
@@ -285,16 +286,27 @@ def decoded(
     on_skip: Callable[[], object] = lambda: None,
 ) -> Iterator[tuple[Envelope, Fields]]:
     """The envelopes of ``found`` entries, with their ids, and the entries' fields; an
-    entry that is not an event is logged, passed to ``on_skip`` and skipped."""
-    for entry_id, fields in found:
-        data = fields.get(b"e", b"")
-        try:
-            envelope = codec.decode(data, stored=True)
-        except DecodingError as exc:
-            logger.warning("skipped history entry %s of %r: %s", entry_id, channel, exc)
-            on_skip()
-            continue
-        yield envelope._replace(stream_id=entry_id), fields
+    entry that is not an event is passed to ``on_skip`` and skipped. The first one
+    skipped is logged, the others in one line at the end: a stream full of foreign
+    entries must not flood the log."""
+    skipped = 0
+    try:
+        for entry_id, fields in found:
+            data = fields.get(b"e", b"")
+            try:
+                envelope = codec.decode(data, stored=True)
+            except DecodingError as exc:
+                if not skipped:
+                    logger.warning("skipped history entry %s of %r: %s", entry_id, channel, exc)
+                skipped += 1
+                on_skip()
+                continue
+            yield envelope._replace(stream_id=entry_id), fields
+    finally:
+        if skipped > 1:
+            logger.warning(
+                "skipped %d more history entries of %r that are not events", skipped - 1, channel
+            )
 
 
 def as_event(envelope: Envelope, own_token: bytes) -> Event:

@@ -56,6 +56,8 @@ class Stats:
     """Group events this process moved to dead letters."""
     trim_warnings: int = 0
     """Times history trimming dropped events a group had not handled, or failed."""
+    subscribe_refused: int = 0
+    """Channels Redis refused to subscribe this bus to (the user's ACL lacks them)."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -81,6 +83,14 @@ class ThrottledLog:
         self._quiet: dict[str, int] = {}
 
     def warning(self, kind: str, message: str, *args: object, exc_info: bool = False) -> None:
+        self.log(logging.WARNING, kind, message, *args, exc_info=exc_info)
+
+    def error(self, kind: str, message: str, *args: object, exc_info: bool = False) -> None:
+        self.log(logging.ERROR, kind, message, *args, exc_info=exc_info)
+
+    def log(
+        self, level: int, kind: str, message: str, *args: object, exc_info: bool = False
+    ) -> None:
         now = time.monotonic()
         with self._lock:
             if now < self._next.get(kind, 0.0):
@@ -90,4 +100,4 @@ class ThrottledLog:
             quiet = self._quiet.pop(kind, 0)
         if quiet:
             message += f" ({quiet} more like this were not logged)"
-        logger.warning(message, *args, exc_info=exc_info)
+        logger.log(level, message, *args, exc_info=exc_info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import logging
 import signal as os_signal
 import threading
 from collections.abc import Callable, Iterator
@@ -322,3 +323,18 @@ def test_group_receivers_keep_to_muted_and_replays_false(
     assert everything == [(1, False), (0, True), (1, True)]
     assert originals == [1]
     assert bus.stats()["group_failures"] == 0
+
+
+def test_trim_warnings_are_counted_each_time_and_logged_once_in_a_while(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = f"{prefix}signalbus:history:{CHANNEL}"
+    sender_bus = make_bus(history=signalbus.History(max_count=10), synchronous=True)
+    raw.xgroup_create(stream, "slow", id="$", mkstream=True)  # a group nobody reads
+    signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+    for n in range(200):  # one batch each; past 10 x max_count entries, every one warns
+        signal.send("web", n=n)
+    assert sender_bus.stats()["trim_warnings"] >= 90
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"signalbus: history trimming: {stream}: trimmed to 100 entries")
