@@ -112,9 +112,14 @@ def epoch_key(prefix: str) -> bytes:
 # batch, after its events; the reply is {results per event, warnings}.
 #
 # Trimming respects consumer groups: nothing a group has not been given or not
-# acknowledged is trimmed by age, nor by count while every group is at most max_count
-# events behind. A group further behind holds trimming back, up to HOLD x max_count
-# entries; past that the stream is trimmed anyway and a warning says what was lost.
+# acknowledged is trimmed by age, nor by count while every group is less than max_count
+# events behind (so a group's last-delivered entry stays, and a member can tell a loss).
+# Where Redis cannot tell a group's lag (7.0 reports none after an XDEL past the group's
+# position, which this script does for refused events), the entries from what the group
+# needs on are counted instead, at most max_count of them: a read of what the group has
+# yet to handle, for that group only. A group further behind holds trimming back, up to
+# HOLD x max_count entries; past that the stream is trimmed anyway and a warning says
+# what was lost.
 # A trim that fails is a warning too: it must not pass unnoticed. Every warning starts
 # with "<stream key>: ".
 PUBLISH_SCRIPT = b"""
@@ -130,6 +135,10 @@ local function older(a, b)
   local bm, bs = parse(b)
   if am ~= bm then return am < bm end
   return as < bs
+end
+
+local function count_from(key, id, limit)
+  return #redis.call('XRANGE', key, id, '+', 'COUNT', limit)
 end
 
 local function trim(key, max_count, min_id)
@@ -150,11 +159,15 @@ local function trim(key, max_count, min_id)
     end
     if keep == nil or older(need, keep) then keep = need end
     local lag = g['lag']
-    if type(lag) ~= 'number' then lag = max_count + 1 end
-    behind = math.max(behind, lag + g['pending'])
+    if type(lag) == 'number' then
+      lag = lag + g['pending']
+    else
+      lag = count_from(key, need, max_count)
+    end
+    behind = math.max(behind, lag)
   end
   local warning = nil
-  if behind <= max_count then
+  if behind < max_count then
     redis.call('XTRIM', key, 'MAXLEN', '~', max_count)
   elseif redis.call('XLEN', key) > HOLD * max_count then
     redis.call('XTRIM', key, 'MAXLEN', '~', HOLD * max_count)
