@@ -33,6 +33,8 @@ from .groups import (
     Group,
     GroupConsumer,
     GroupStatus,
+    Route,
+    Streams,
     dead_letter_key,
     dead_letters,
     requeue,
@@ -531,8 +533,8 @@ class Bus:
                     by_stream[stream] = (*by_stream.get(stream, ()), signal)
             self._group_signals = {**self._group_signals, group.name: by_stream}
         consumer = self._consumer(group)
-        dead = dead_letter_key(self.prefix, signal.channel, group.name)
-        consumer.prepare(dict.fromkeys(streams, dead))
+        route = Route(signal.channel, dead_letter_key(self.prefix, signal.channel, group.name))
+        consumer.prepare(dict.fromkeys(streams, route))
         consumer.start()
 
     def _consumer(self, group: Group) -> GroupConsumer:
@@ -546,16 +548,20 @@ class Bus:
                     f"{self.origin}:{self._token_hex}",
                     lambda: self._group_streams(group.name),
                     functools.partial(self._handle_for_group, group.name),
+                    gap_sender=self,
                     stats=self._stats,
                     log=self._log,
                     stopping=self._stopping,
                 )
             return consumer
 
-    def _group_streams(self, name: str) -> dict[bytes, bytes]:
-        """The streams ``name`` reads in this process, each with its dead-letter stream."""
+    def _group_streams(self, name: str) -> Streams:
+        """The streams ``name`` reads in this process, each with its channel and its
+        dead-letter stream."""
         return {
-            stream: dead_letter_key(self.prefix, signals[0].channel, name)
+            stream: Route(
+                signals[0].channel, dead_letter_key(self.prefix, signals[0].channel, name)
+            )
             for stream, signals in self._group_signals.get(name, {}).items()
             if any(signal.has_group_receivers(name) for signal in signals)
         }

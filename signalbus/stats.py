@@ -54,6 +54,9 @@ class Stats:
     """Tries of a group event that raised (it is tried again, or goes to dead letters)."""
     dead_lettered: int = 0
     """Group events this process moved to dead letters."""
+    group_gaps: int = 0
+    """Times this process found events of a group trimmed from history before the group
+    handled them (see :mod:`signalbus.groups`)."""
     trim_warnings: int = 0
     """Times history trimming dropped events a group had not handled, or failed."""
     subscribe_refused: int = 0

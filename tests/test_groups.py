@@ -355,3 +355,46 @@ def test_count_trimming_goes_on_when_redis_cannot_tell_a_groups_lag(
     assert raw.xinfo_groups(stream)[0]["lag"] is None  # Redis 7.0 cannot tell it
     assert raw.xlen(stream) < 400  # about max_count, not held back towards 10 x max_count
     assert sender_bus.stats()["trim_warnings"] == 0
+
+
+def test_a_member_reports_what_its_group_lost_to_trimming(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = f"{prefix}signalbus:history:{CHANNEL}"
+    sender_bus = make_bus(history=signalbus.History(max_count=10))
+    raw.xgroup_create(stream, "mailer", id="$", mkstream=True)
+    send(sender_bus, 5)
+    taken = raw.xreadgroup("mailer", "gone-host:1:0", {stream: ">"}, count=3)[0][1]
+    send(sender_bus, 300, first=5)  # past 10 x max_count behind: trimmed anyway
+    first_kept = raw.xrange(stream, count=1)[0][0].decode()
+    assert raw.xlen(stream) < 300 and sender_bus.stats()["trim_warnings"] >= 1
+    gaps: list[dict[str, Any]] = []
+    handled: list[int] = []
+    bus = make_bus()
+    with signalbus.history_gap.connected_to(lambda sender, **kwargs: gaps.append(kwargs)):
+        Namespace("auth", bus=bus).signal("logged-in").connect(
+            lambda sender, **kwargs: handled.append(kwargs["n"]),
+            weak=False,
+            group=Group("mailer", claim_idle=0.05),
+        )
+        wait_for(lambda: len(gaps) == 2 and handled and handled[-1] == 304)
+    taken_ids = [entry_id.decode() for entry_id, _ in taken]
+    assert sorted(gaps, key=lambda gap: gap["last_seen"]) == [
+        # the three it held, unacknowledged by a member that is gone
+        {
+            "channel": CHANNEL,
+            "group": "mailer",
+            "last_seen": taken_ids[0],
+            "first_kept": first_kept,
+        },
+        # and the two it was never given
+        {
+            "channel": CHANNEL,
+            "group": "mailer",
+            "last_seen": taken_ids[2],
+            "first_kept": first_kept,
+        },
+    ]
+    assert bus.stats()["group_gaps"] == 2
+    assert handled[0] > 4 and raw.xpending(stream, "mailer")["pending"] == 0
+    assert "events on 'auth.logged-in' may be lost to group 'mailer'" in caplog.text
