@@ -32,6 +32,8 @@ from .groups import (
     Group,
     GroupConsumer,
     GroupStatus,
+    Route,
+    Streams,
     dead_letter_key,
     dead_letters,
     requeue,
@@ -157,7 +159,8 @@ class Bus:
         self._signs = self.codec.signer.signs
         self._records_catalog = catalog
         # Signals with receivers, by channel key; replaced, never mutated, so the reader
-        # and dispatcher threads read it without a lock.
+        # and dispatcher threads read it without a lock, and a copy taken at any moment
+        # (a fork's) can be walked while the map changes.
         self._signals: dict[bytes, tuple[Signal, ...]] = {}
         # Signals with group receivers: group -> stream key -> signals; replaced, not mutated.
         self._groups: dict[str, Group] = {}
@@ -460,12 +463,14 @@ class Bus:
             return
         keys = []
         with self._lock:
+            watched = dict(self._signals)
             for signal in signals:
                 key = self._key(signal.channel)
-                known = self._signals.get(key, ())
+                known = watched.get(key, ())
                 if signal not in known:
-                    self._signals[key] = (*known, signal)
+                    watched[key] = (*known, signal)
                 keys.append(key)
+            self._signals = watched
         if keys and not self._subscriber.subscribe(keys, self.subscribe_timeout):
             self._check_server(", ".join(f"signal {signal.channel!r}" for signal in signals))
             logger.warning(
@@ -485,10 +490,13 @@ class Bus:
         """Whether a signal on ``key`` has receivers; forgets the signals that have none."""
         with self._lock:
             listening = tuple(signal for signal in self._signals.get(key, ()) if signal.receivers)
-            if listening:
-                self._signals[key] = listening
-            else:
-                self._signals.pop(key, None)
+            if listening != self._signals.get(key, ()):
+                watched = dict(self._signals)
+                if listening:
+                    watched[key] = listening
+                else:
+                    del watched[key]
+                self._signals = watched
             return bool(listening)
 
     # -- bridges -------------------------------------------------------------------
@@ -515,10 +523,12 @@ class Bus:
     # -- groups --------------------------------------------------------------------
 
     def _trim_warning(self, warning: str) -> None:
-        """History trimming had to drop events a group still needed, or failed: loudly,
-        every time."""
+        """History trimming had to drop events a group still needed, or failed: an
+        error, counted every time, logged at most every few seconds per stream (it
+        comes back with every batch until the group catches up)."""
         self._stats.add("trim_warnings")
-        logger.error("signalbus: history trimming: %s", warning)
+        stream = warning.partition(": ")[0]
+        self._log.error(f"trim:{stream}", "signalbus: history trimming: %s", warning)
 
     def _join(self, signal: Signal, group: Group) -> None:
         """Let this process handle ``group``'s share of ``signal``'s events."""
@@ -542,8 +552,8 @@ class Bus:
                     by_stream[stream] = (*by_stream.get(stream, ()), signal)
             self._group_signals = {**self._group_signals, group.name: by_stream}
         consumer = self._consumer(group)
-        dead = dead_letter_key(self.prefix, signal.channel, group.name)
-        consumer.prepare(dict.fromkeys(streams, dead))
+        route = Route(signal.channel, dead_letter_key(self.prefix, signal.channel, group.name))
+        consumer.prepare(dict.fromkeys(streams, route))
         consumer.start()
 
     def _consumer(self, group: Group) -> GroupConsumer:
@@ -557,16 +567,20 @@ class Bus:
                     f"{self.origin}:{self._token_hex}",
                     lambda: self._group_streams(group.name),
                     functools.partial(self._handle_for_group, group.name),
+                    gap_sender=self,
                     stats=self._stats,
                     log=self._log,
                     stopping=self._stopping,
                 )
             return consumer
 
-    def _group_streams(self, name: str) -> dict[bytes, bytes]:
-        """The streams ``name`` reads in this process, each with its dead-letter stream."""
+    def _group_streams(self, name: str) -> Streams:
+        """The streams ``name`` reads in this process, each with its channel and its
+        dead-letter stream."""
         return {
-            stream: dead_letter_key(self.prefix, signals[0].channel, name)
+            stream: Route(
+                signals[0].channel, dead_letter_key(self.prefix, signals[0].channel, name)
+            )
             for stream, signals in self._group_signals.get(name, {}).items()
             if any(signal.has_group_receivers(name) for signal in signals)
         }
@@ -574,7 +588,11 @@ class Bus:
     def _handle_for_group(
         self, name: str, stream: bytes, envelope: Envelope, entry_id: str, attempt: int
     ) -> None:
-        """Run ``name``'s receivers for one event; what they raise is the event's failure."""
+        """Run ``name``'s receivers for one event; what they raise is the event's failure.
+
+        A muted signal runs none, as for broadcast receivers: the event counts as
+        handled, acknowledged rather than tried again until it goes to dead letters.
+        """
         signals = self._group_signals.get(name, {}).get(stream, ())
         event = Event(
             envelope.id,
@@ -591,11 +609,13 @@ class Bus:
         try:
             with self._receiver_context() if self._receiver_context else contextlib.nullcontext():
                 for signal in signals:
-                    if signal.channel == envelope.channel:
+                    if signal.channel == envelope.channel and not signal.is_muted:
                         kwargs = envelope.kwargs
                         if signal.schema is not None:
                             kwargs = validated(signal.schema, signal.channel, kwargs)
-                        for receiver in signal.group_receivers_for(name, envelope.sender):
+                        for receiver in signal.group_receivers_for(
+                            name, envelope.sender, replayed=envelope.replayed
+                        ):
                             call(receiver, envelope.sender, kwargs)
         finally:
             _current.reset(token)
@@ -627,6 +647,9 @@ class Bus:
             consumer.join(_left(deadline))
 
     def _after_fork_in_child(self) -> None:
+        """Start this process's life: its own threads and sockets, subscribed to the
+        channels whose signals still have receivers (the parent may not have noticed
+        one lost its last receiver yet, or, a server's master, stopped looking)."""
         self._start_process_life()
         wanted = [key for key in self._signals if self._is_wanted(key)]
         if wanted and not self._closed:
@@ -716,7 +739,25 @@ def configure(url: str | None = None, **options: Any) -> Bus:
 
 def _after_fork_in_child() -> None:
     for bus in list(_live_buses):
-        bus._after_fork_in_child()
+        guarded(bus._after_fork_in_child, "its receivers get no events from other processes")
+
+
+def guarded(fork_handling: Callable[[], None], consequence: str) -> None:
+    """Run one bus's ``fork_handling``; a failure is logged, never raised.
+
+    Python only prints what an at-fork hook raises, as "Exception ignored", and stops
+    there: the other buses of the process would be left unhandled, and the failure
+    unseen by the process's logging.
+    """
+    try:
+        fork_handling()
+    except Exception:
+        logger.exception(
+            "signalbus: handling a fork failed in process %d (%s): %s",
+            os.getpid(),
+            getattr(fork_handling, "__self__", fork_handling),
+            consequence,
+        )
 
 
 def _close_all_at_exit() -> None:

@@ -43,7 +43,7 @@ import flask.cli
 
 import signalbus
 
-from .bus import Bus
+from .bus import Bus, guarded
 from .cli import Settings, cli
 
 __all__ = ["SignalBus"]
@@ -107,7 +107,7 @@ def _stop_receiving_in_gunicorn_master(bus: Bus) -> None:
     def after_fork_in_parent() -> None:
         forked = reference()
         if forked is not None and not forked.closed and _spawning_gunicorn_worker():
-            forked._stop_receiving()
+            guarded(forked._stop_receiving, "this gunicorn master goes on receiving too")
 
     os.register_at_fork(after_in_parent=after_fork_in_parent)
 

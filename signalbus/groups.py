@@ -11,6 +11,10 @@ the number of attempts. An event left unacknowledged by another process for
 Delivery is at least once: inside a receiver ``current_event()`` gives the event id
 and the attempt, so receivers can be idempotent.
 
+Events trimmed from the history before the group handled them (it fell more than
+10 x ``max_count`` behind) are lost to it: the member that finds so logs it, counts
+it (``group_gaps``) and sends :data:`~signalbus.history_gap`, with ``group``.
+
 Each bus runs one thread per group name it has receivers in. Besides the signal's
 stream, a group reads a stream of its own, where events given to that group alone
 again arrive: requeued dead letters, and replays into one group.
@@ -30,6 +34,7 @@ from .codec import Codec, Envelope
 from .errors import ConfigurationError, DecodingError, ValidationError
 from .event import Event
 from .history import as_event, decoded, entries
+from .recovery import parse_id, report_gap
 from .stats import Stats, ThrottledLog, logger
 from .transport import NETWORK_ERRORS, Backoff
 
@@ -39,6 +44,8 @@ __all__ = [
     "GroupConsumer",
     "GroupStatus",
     "Member",
+    "Route",
+    "Streams",
     "dead_letter_key",
     "retry_key",
 ]
@@ -106,6 +113,16 @@ def retry_key(prefix: str, channel: str, group: str) -> bytes:
     return f"{prefix}signalbus:retry:{channel}:{group}".encode()
 
 
+class Route(NamedTuple):
+    """Where a stream a group reads belongs: its channel, and its dead-letter stream."""
+
+    channel: str
+    dead: bytes
+
+
+Streams = dict[bytes, Route]
+"""The streams a group reads in a process, by key."""
+
 Handler = Callable[[bytes, Envelope, str, int], None]
 """Runs a group's receivers for one event: stream key, envelope, entry id, attempt."""
 
@@ -119,9 +136,10 @@ class GroupConsumer:
         codec: Codec,
         group: Group,
         consumer: str,
-        streams: Callable[[], dict[bytes, bytes]],
+        streams: Callable[[], Streams],
         handle: Handler,
         *,
+        gap_sender: Any,
         stats: Stats,
         log: ThrottledLog,
         stopping: threading.Event,
@@ -130,7 +148,9 @@ class GroupConsumer:
         self._client = client
         self._codec = codec
         self._consumer = consumer
-        self._streams = streams  # stream key -> its dead-letter stream key
+        self._streams = streams
+        self._name = group.name.encode()
+        self._gap_sender = gap_sender
         self._handle = handle
         self._stats = stats
         self._log = log
@@ -188,7 +208,7 @@ class GroupConsumer:
                 logger.exception("signalbus group %r: unexpected error; going on", self.group.name)
                 backoff.wait()
 
-    def prepare(self, streams: dict[bytes, bytes]) -> None:
+    def prepare(self, streams: Streams) -> None:
         """Create the group on ``streams`` now, so that ``connect()`` returns with it in
         place; if Redis cannot be reached, the thread creates it later."""
         try:
@@ -198,7 +218,7 @@ class GroupConsumer:
                 f"group:{self.group.name}", "group %r cannot reach Redis: %s", self.group.name, exc
             )
 
-    def _create_missing(self, streams: dict[bytes, bytes]) -> None:
+    def _create_missing(self, streams: Streams) -> None:
         for stream in streams.keys() - self._created:
             self._create(stream, "$" if self.group.start == "now" else "0")
 
@@ -210,9 +230,10 @@ class GroupConsumer:
                 raise
         self._created.add(stream)
 
-    def _read_new(self, streams: dict[bytes, bytes]) -> None:
+    def _read_new(self, streams: Streams) -> None:
+        """Handle what the group was not given yet; when there is nothing, wait for it."""
         try:
-            replies = self._client.xreadgroup(
+            replies = self._read_checked(streams) or self._client.xreadgroup(
                 self.group.name,
                 self._consumer,
                 {stream: ">" for stream in streams},
@@ -220,7 +241,7 @@ class GroupConsumer:
                 block=_BLOCK_MS,
             )
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
                 raise
             # The stream or the group went away (a restart without persistence, say):
             # create it again from the start of what the stream holds now.
@@ -240,30 +261,88 @@ class GroupConsumer:
                         handled, oldest = [], 0.0
             self._ack(stream, handled)
 
+    def _read_checked(self, streams: Streams) -> Any:
+        """Read without waiting, in one transaction with where the group stood and
+        where each stream begins: a group whose last entry given is older than the
+        stream's first lost what lay between (trimmed while it was too far behind),
+        and this member, the one reading past them, says so."""
+        pipeline = self._client.pipeline(transaction=True)
+        for stream in streams:
+            pipeline.xinfo_groups(stream)
+            pipeline.xrange(stream, count=1)
+        pipeline.xreadgroup(
+            self.group.name, self._consumer, {stream: ">" for stream in streams}, count=_BATCH
+        )
+        *where, replies = pipeline.execute()
+        for route, groups, first in zip(streams.values(), where[::2], where[1::2], strict=True):
+            reached = next(
+                (g["last-delivered-id"].decode() for g in groups if g["name"] == self._name),
+                "0-0",
+            )
+            if first and reached != "0-0" and parse_id(reached) < parse_id(first[0][0].decode()):
+                why = "events after it were trimmed before the group was given them"
+                self._gap(route.channel, reached, first[0][0].decode(), why)
+        return replies
+
     def _ack(self, stream: bytes, handled: list[str]) -> None:
         if handled:
             self._client.xack(stream, self.group.name, *handled)
             for entry_id in handled:
                 self._errors.pop((stream, entry_id), None)
-            self._stats.group_handled += len(handled)
+            self._stats.add("group_handled", len(handled))  # one thread per group writes it
 
-    def _retry_and_claim(self, streams: dict[bytes, bytes]) -> None:
+    def _retry_and_claim(self, streams: Streams) -> None:
         """Try again what failed here and is due, take over what another process left."""
         group = self.group
         soonest = min(group.retry_backoff, group.claim_idle)
         self._next_pending_check = time.monotonic() + soonest / 2
-        for stream in streams:
+        for stream, route in streams.items():
             pending = self._client.xpending_range(
                 stream, group.name, "-", "+", _BATCH, idle=int(soonest * 1000)
             )
-            for entry in cast(list[dict[str, Any]], pending):
+            for entry in self._without_trimmed(stream, route, cast(list[dict[str, Any]], pending)):
                 attempts = int(entry["times_delivered"])
                 mine = entry["consumer"].decode() == self._consumer
                 due = group.backoff(attempts) if mine else group.claim_idle
                 if int(entry["time_since_delivered"]) >= due * 1000:
                     self._claim(stream, streams, entry["message_id"].decode(), due, attempts)
 
-    def _forget_gone_members(self, streams: dict[bytes, bytes]) -> None:
+    def _without_trimmed(
+        self, stream: bytes, route: Route, pending: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """``pending`` but the entries trimmed from the stream (the group fell too far
+        behind): those can never be handled. They are acknowledged, to leave the
+        group's pending list, and reported by the member whose acknowledgement took them."""
+        if not pending:
+            return pending
+        first = cast(list[tuple[bytes, Any]], self._client.xrange(stream, count=1))
+        kept_from = first[0][0].decode() if first else None
+        gone = [
+            entry["message_id"].decode()
+            for entry in pending
+            if kept_from is None or parse_id(entry["message_id"].decode()) < parse_id(kept_from)
+        ]
+        if gone and self._client.xack(stream, self.group.name, *gone):
+            why = f"{len(gone)} events given to the group and not yet handled were trimmed"
+            self._gap(route.channel, gone[0], kept_from, why)
+        return [entry for entry in pending if entry["message_id"].decode() not in gone]
+
+    def _gap(self, channel: str, last_seen: str, first_kept: str | None, why: str) -> None:
+        """This group lost events of ``channel``: logged, counted (``group_gaps``) and
+        sent as :data:`~signalbus.history_gap`, with ``group``, in this process."""
+        report_gap(
+            self._gap_sender,
+            self._stats,
+            self._log,
+            "group_gaps",
+            channel,
+            last_seen,
+            first_kept,
+            why,
+            group=self.group.name,
+        )
+
+    def _forget_gone_members(self, streams: Streams) -> None:
         self._next_cleanup = time.monotonic() + _GONE_AFTER / 10
         for stream in streams:
             for member in self._client.xinfo_consumers(stream, self.group.name):
@@ -272,7 +351,7 @@ class GroupConsumer:
                     self._client.xgroup_delconsumer(stream, self.group.name, member["name"])
 
     def _claim(
-        self, stream: bytes, streams: dict[bytes, bytes], entry_id: str, due: float, attempts: int
+        self, stream: bytes, streams: Streams, entry_id: str, due: float, attempts: int
     ) -> None:
         """Take ``entry_id`` over (unless another process just did) and try it again, or
         move it to dead letters when it had all its tries."""
@@ -281,14 +360,14 @@ class GroupConsumer:
         )
         for _, fields in cast(list[tuple[bytes, Any]], claimed):
             if attempts >= self.group.max_attempts:
-                self._dead_letter(stream, streams[stream], entry_id, fields, attempts)
+                self._dead_letter(stream, streams[stream].dead, entry_id, fields, attempts)
             elif self._process(stream, streams, entry_id, fields, attempts + 1):
                 self._ack(stream, [entry_id])
 
     def _process(
         self,
         stream: bytes,
-        streams: dict[bytes, bytes],
+        streams: Streams,
         entry_id: str,
         fields: dict[bytes, bytes] | None,
         attempt: int,
@@ -303,14 +382,14 @@ class GroupConsumer:
             # Never handled by anyone: straight to dead letters, with the reason.
             self._errors[(stream, entry_id)] = f"not a valid event: {exc}"
             self._stats.add("invalid")
-            self._dead_letter(stream, streams[stream], entry_id, fields, attempt)
+            self._dead_letter(stream, streams[stream].dead, entry_id, fields, attempt)
             return False
         try:
             self._handle(stream, envelope, entry_id, attempt)
         except ValidationError as exc:  # no try will make it fit: dead letters at once
             self._errors[(stream, entry_id)] = str(exc)
             self._stats.add("invalid")
-            self._dead_letter(stream, streams[stream], entry_id, fields, attempt)
+            self._dead_letter(stream, streams[stream].dead, entry_id, fields, attempt)
             return False
         except Exception as exc:
             self._errors[(stream, entry_id)] = f"{type(exc).__name__}: {exc}"

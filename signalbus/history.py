@@ -112,10 +112,16 @@ def epoch_key(prefix: str) -> bytes:
 # batch, after its events; the reply is {results per event, warnings}.
 #
 # Trimming respects consumer groups: nothing a group has not been given or not
-# acknowledged is trimmed by age, nor by count while every group is at most max_count
-# events behind. A group further behind holds trimming back, up to HOLD x max_count
-# entries; past that the stream is trimmed anyway and a warning says what was lost.
-# A trim that fails is a warning too: it must not pass unnoticed.
+# acknowledged is trimmed by age, nor by count while every group is less than max_count
+# events behind (so a group's last-delivered entry stays, and a member can tell a loss).
+# Where Redis cannot tell a group's lag (7.0 reports none after an XDEL past the group's
+# position, which this script does for refused events), the entries from what the group
+# needs on are counted instead, at most max_count of them: a read of what the group has
+# yet to handle, for that group only. A group further behind holds trimming back, up to
+# HOLD x max_count entries; past that the stream is trimmed anyway and a warning says
+# what was lost.
+# A trim that fails is a warning too: it must not pass unnoticed. Every warning starts
+# with "<stream key>: ".
 PUBLISH_SCRIPT = b"""
 local HOLD = 10
 
@@ -129,6 +135,10 @@ local function older(a, b)
   local bm, bs = parse(b)
   if am ~= bm then return am < bm end
   return as < bs
+end
+
+local function count_from(key, id, limit)
+  return #redis.call('XRANGE', key, id, '+', 'COUNT', limit)
 end
 
 local function trim(key, max_count, min_id)
@@ -149,11 +159,15 @@ local function trim(key, max_count, min_id)
     end
     if keep == nil or older(need, keep) then keep = need end
     local lag = g['lag']
-    if type(lag) ~= 'number' then lag = max_count + 1 end
-    behind = math.max(behind, lag + g['pending'])
+    if type(lag) == 'number' then
+      lag = lag + g['pending']
+    else
+      lag = count_from(key, need, max_count)
+    end
+    behind = math.max(behind, lag)
   end
   local warning = nil
-  if behind <= max_count then
+  if behind < max_count then
     redis.call('XTRIM', key, 'MAXLEN', '~', max_count)
   elseif redis.call('XLEN', key) > HOLD * max_count then
     redis.call('XTRIM', key, 'MAXLEN', '~', HOLD * max_count)
@@ -168,7 +182,7 @@ local function trim(key, max_count, min_id)
   local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
   for _, held in ipairs(unacked) do
     if first and older(held[2], first[1]) then
-      warning = (warning or key .. ':') .. '; group ' .. held[1]
+      warning = (warning and warning .. '; ' or key .. ': ') .. 'group ' .. held[1]
         .. ' lost unacknowledged events from ' .. held[2]
     end
   end
@@ -285,16 +299,27 @@ def decoded(
     on_skip: Callable[[], object] = lambda: None,
 ) -> Iterator[tuple[Envelope, Fields]]:
     """The envelopes of ``found`` entries, with their ids, and the entries' fields; an
-    entry that is not an event is logged, passed to ``on_skip`` and skipped."""
-    for entry_id, fields in found:
-        data = fields.get(b"e", b"")
-        try:
-            envelope = codec.decode(data, stored=True)
-        except DecodingError as exc:
-            logger.warning("skipped history entry %s of %r: %s", entry_id, channel, exc)
-            on_skip()
-            continue
-        yield envelope._replace(stream_id=entry_id), fields
+    entry that is not an event is passed to ``on_skip`` and skipped. The first one
+    skipped is logged, the others in one line at the end: a stream full of foreign
+    entries must not flood the log."""
+    skipped = 0
+    try:
+        for entry_id, fields in found:
+            data = fields.get(b"e", b"")
+            try:
+                envelope = codec.decode(data, stored=True)
+            except DecodingError as exc:
+                if not skipped:
+                    logger.warning("skipped history entry %s of %r: %s", entry_id, channel, exc)
+                skipped += 1
+                on_skip()
+                continue
+            yield envelope._replace(stream_id=entry_id), fields
+    finally:
+        if skipped > 1:
+            logger.warning(
+                "skipped %d more history entries of %r that are not events", skipped - 1, channel
+            )
 
 
 def as_event(envelope: Envelope, own_token: bytes) -> Event:

@@ -55,9 +55,45 @@ history_gap = blinker.NamedSignal(
 
     The sender is the bus; keyword arguments: ``channel``, ``last_seen`` (the entry id
     the process had reached, now gone from the stream) and ``first_kept`` (the oldest
-    entry id the stream still holds, where delivery resumed, or ``None``).
+    entry id the stream still holds, where delivery resumed, or ``None``); and, when
+    the events were a group's, not yet handled by it, ``group`` (its name).
     """,
 )
+
+
+def report_gap(
+    sender: Any,
+    stats: Stats,
+    log: ThrottledLog,
+    counter: str,
+    channel: str,
+    last_seen: str,
+    first_kept: str | None,
+    why: str,
+    **extra: Any,
+) -> None:
+    """Log, count (``counter``) and send as :data:`history_gap` that events of
+    ``channel`` after ``last_seen`` may be lost, because ``why``; ``extra`` (a group)
+    says whose they were. A gap receiver that raises is logged, never raised into the
+    loop that found the gap."""
+    stats.add(counter)
+    whose = "".join(f" to {name} {value!r}" for name, value in extra.items())
+    log.warning(
+        f"{counter}:{channel}{whose}",
+        "events on %r may be lost%s: entry %s was reached and %s; delivery resumes at %s",
+        channel,
+        whose,
+        last_seen,
+        why,
+        first_kept or "the next event",
+    )
+    try:
+        history_gap.send(
+            sender, channel=channel, last_seen=last_seen, first_kept=first_kept, **extra
+        )
+    except Exception:
+        log.warning("gap-receiver", "a history_gap receiver raised", exc_info=True)
+
 
 StreamId = tuple[int, int]
 
@@ -348,22 +384,7 @@ class Recovery:
 
     def _gap(self, channel: str, last_seen: str, first_kept: StreamId | None, why: str) -> None:
         kept = None if first_kept is None else format_id(first_kept)
-        self._stats.add("gaps")
-        self._log.warning(
-            f"gap:{channel}",
-            "events on %r may be lost: this process had reached entry %s and %s; "
-            "delivery resumes at %s",
-            channel,
-            last_seen,
-            why,
-            kept or "the next event",
-        )
-        try:
-            history_gap.send(
-                self._gap_sender, channel=channel, last_seen=last_seen, first_kept=kept
-            )
-        except Exception:
-            self._log.warning("gap-receiver", "a history_gap receiver raised", exc_info=True)
+        report_gap(self._gap_sender, self._stats, self._log, "gaps", channel, last_seen, kept, why)
 
 
 _LOST_DATA = "Redis lost its data since (a restart without persistence, or a flush)"

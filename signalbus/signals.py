@@ -40,7 +40,32 @@ def _check_options(name: str, options: dict[str, t.Any]) -> None:
         )
 
 
-class Signal(blinker.NamedSignal):
+class _ReplayChoices(blinker.Signal):
+    """Receivers that each say whether they take replayed events (``replays=False``)."""
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._replay_averse: set[c.Hashable] = set()  # ids of receivers that take none
+
+    def _choose_replays(self, receiver: c.Callable[..., t.Any], replays: bool) -> None:
+        receiver_id = blinker_utilities.make_id(receiver)
+        if replays:
+            self._replay_averse.discard(receiver_id)
+        else:
+            self._replay_averse.add(receiver_id)
+
+    def takes_replays(self, receiver: c.Callable[..., t.Any]) -> bool:
+        """Whether ``receiver`` gets replayed events (see :meth:`Signal.connect`)."""
+        return blinker_utilities.make_id(receiver) not in self._replay_averse
+
+    def _disconnect(self, receiver_id: c.Hashable, sender_id: c.Hashable) -> None:
+        # Every disconnection passes here, including weak receivers being collected.
+        super()._disconnect(receiver_id, sender_id)
+        if receiver_id not in self.receivers:
+            self._replay_averse.discard(receiver_id)
+
+
+class Signal(_ReplayChoices, blinker.NamedSignal):
     """A named blinker signal whose events also reach the receivers of other processes.
 
     Everything blinker documents holds, with these additions: ``channel`` is the
@@ -76,9 +101,8 @@ class Signal(blinker.NamedSignal):
         """This signal's own say on history; ``None`` leaves it to its namespace, then bus."""
         # Where its events go on the bus that last sent it: channel key and history.
         self._route: tuple[bus_module.Bus, bytes, Keep | None] | None = None
-        self._replay_averse: set[c.Hashable] = set()  # ids of receivers connected replays=False
         # Group receivers live apart from blinker's, so local and pub/sub sends skip them.
-        self._groups: dict[str, tuple[Group, blinker.Signal]] = {}
+        self._groups: dict[str, tuple[Group, _ReplayChoices]] = {}
         if bus is None:
             bus_module.track_unbound(self)
         else:
@@ -164,13 +188,9 @@ class Signal(blinker.NamedSignal):
         least once (see :mod:`signalbus.groups`); the signal must keep history.
         """
         if group is not None:
-            return self._connect_to_group(receiver, sender, weak, as_group(group))
+            return self._connect_to_group(receiver, sender, weak, replays, as_group(group))
         super().connect(receiver, sender, weak)
-        receiver_id = blinker_utilities.make_id(receiver)
-        if replays:
-            self._replay_averse.discard(receiver_id)
-        else:
-            self._replay_averse.add(receiver_id)
+        self._choose_replays(receiver, replays)
         bus = self.bus
         if bus is not None:
             try:
@@ -180,7 +200,9 @@ class Signal(blinker.NamedSignal):
                 raise
         return receiver
 
-    def _connect_to_group(self, receiver: F, sender: t.Any, weak: bool, group: Group) -> F:
+    def _connect_to_group(
+        self, receiver: F, sender: t.Any, weak: bool, replays: bool, group: Group
+    ) -> F:
         known = self._groups.get(group.name)
         if known is not None and known[0] != group:
             raise ConfigurationError(
@@ -190,9 +212,10 @@ class Signal(blinker.NamedSignal):
         bus = self.bus
         if bus is not None:
             bus._join(self, group)  # raises first if the signal keeps no history
-        receivers = known[1] if known else blinker.Signal()
+        receivers = known[1] if known else _ReplayChoices()
         self._groups[group.name] = (group, receivers)
         receivers.connect(receiver, sender, weak)
+        receivers._choose_replays(receiver, replays)
         return receiver
 
     def connect_via(
@@ -255,20 +278,23 @@ class Signal(blinker.NamedSignal):
         known = self._groups.get(name)
         return known is not None and bool(known[1].receivers)
 
-    def group_receivers_for(self, name: str, sender: t.Any) -> c.Iterator[c.Callable[..., t.Any]]:
-        """The receivers of group ``name`` that take events of ``sender``."""
+    def group_receivers_for(
+        self, name: str, sender: t.Any, *, replayed: bool = False
+    ) -> c.Iterator[c.Callable[..., t.Any]]:
+        """The receivers of group ``name`` that take events of ``sender`` (and, for a
+        ``replayed`` event, take replays)."""
         known = self._groups.get(name)
-        return iter(()) if known is None else known[1].receivers_for(sender)
-
-    def takes_replays(self, receiver: c.Callable[..., t.Any]) -> bool:
-        """Whether ``receiver`` gets replayed events (see :meth:`connect`)."""
-        return blinker_utilities.make_id(receiver) not in self._replay_averse
+        if known is None:
+            return iter(())
+        receivers = known[1]
+        return (
+            receiver
+            for receiver in receivers.receivers_for(sender)
+            if not replayed or receivers.takes_replays(receiver)
+        )
 
     def _disconnect(self, receiver_id: c.Hashable, sender_id: c.Hashable) -> None:
-        # Every disconnection passes here, including weak receivers being collected.
         super()._disconnect(receiver_id, sender_id)
-        if receiver_id not in self.receivers:
-            self._replay_averse.discard(receiver_id)
         if not self.receivers:
             bus = self.bus
             if bus is not None:

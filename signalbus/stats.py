@@ -16,8 +16,12 @@ logger = logging.getLogger("signalbus")
 class Stats:
     """What a bus has done since it started; read it with ``bus.stats()``.
 
-    Hot counters are written by the one thread that owns them; the others, rare
-    by nature, go through :meth:`add` under a lock.
+    The hot counters are written by the one thread that owns them, without a lock:
+    ``published`` by the publisher thread (synchronous sends too go through it),
+    ``received`` by the dispatcher thread and ``own_skipped`` by the reader thread.
+    Every other counter has several writers (the threads of each group, the reader
+    and the dispatcher, senders...) and goes through :meth:`add`, under a lock: ``+=``
+    from two threads can lose an update.
     """
 
     published: int = 0
@@ -50,8 +54,13 @@ class Stats:
     """Tries of a group event that raised (it is tried again, or goes to dead letters)."""
     dead_lettered: int = 0
     """Group events this process moved to dead letters."""
+    group_gaps: int = 0
+    """Times this process found events of a group trimmed from history before the group
+    handled them (see :mod:`signalbus.groups`)."""
     trim_warnings: int = 0
     """Times history trimming dropped events a group had not handled, or failed."""
+    subscribe_refused: int = 0
+    """Channels Redis refused to subscribe this bus to (the user's ACL lacks them)."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -77,6 +86,14 @@ class ThrottledLog:
         self._quiet: dict[str, int] = {}
 
     def warning(self, kind: str, message: str, *args: object, exc_info: bool = False) -> None:
+        self.log(logging.WARNING, kind, message, *args, exc_info=exc_info)
+
+    def error(self, kind: str, message: str, *args: object, exc_info: bool = False) -> None:
+        self.log(logging.ERROR, kind, message, *args, exc_info=exc_info)
+
+    def log(
+        self, level: int, kind: str, message: str, *args: object, exc_info: bool = False
+    ) -> None:
         now = time.monotonic()
         with self._lock:
             if now < self._next.get(kind, 0.0):
@@ -86,4 +103,4 @@ class ThrottledLog:
             quiet = self._quiet.pop(kind, 0)
         if quiet:
             message += f" ({quiet} more like this were not logged)"
-        logger.warning(message, *args, exc_info=exc_info)
+        logger.log(level, message, *args, exc_info=exc_info)

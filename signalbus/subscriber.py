@@ -307,11 +307,10 @@ class Subscriber:
             self._late.pop(channel, None)
             self._refused[channel] = refusal.error
             confirmation = self._pending.pop(channel, None)
+        self._stats.add("subscribe_refused")
+        name = channel.decode(errors="replace")
         self._log.warning(
-            "refused",
-            "Redis refused to subscribe to %r: %s",
-            channel.decode(errors="replace"),
-            refusal.error,
+            f"refused:{name}", "Redis refused to subscribe to %r: %s", name, refusal.error
         )
         if confirmation is not None:
             confirmation.set()

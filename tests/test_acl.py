@@ -117,3 +117,18 @@ def test_publishing_outside_the_acl_is_refused_clearly(
     admin = acl_server.client()
     assert admin.xlen(f"{prefix}signalbus:history:billing.paid") == 0  # nothing half-done
     admin.close()
+
+
+def test_each_refused_channel_is_logged_by_name_and_counted(
+    auth_only: Callable[..., Bus], prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = auth_only()
+    billing = Namespace("billing", bus=bus)
+    with caplog.at_level(logging.WARNING, "signalbus"):
+        for name in ("paid", "refunded"):
+            with pytest.raises(SubscribeError):
+                billing.signal(name).connect(Recorder())
+    refusals = [r.getMessage() for r in caplog.records if "refused to subscribe" in r.getMessage()]
+    assert len(refusals) == 2
+    assert f"{prefix}billing.paid" in refusals[0] and f"{prefix}billing.refunded" in refusals[1]
+    assert bus.stats()["subscribe_refused"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import logging
 import signal as os_signal
 import threading
 from collections.abc import Callable, Iterator
@@ -288,3 +289,112 @@ def test_members_gone_for_long_are_removed_from_the_group(
         return [member["name"] for member in raw.xinfo_consumers(stream, "mailer")]
 
     wait_for(lambda: members() == [f"{bus.origin}:{bus._token_hex}".encode()])
+
+
+def test_group_receivers_keep_to_muted_and_replays_false(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str
+) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    everything: list[tuple[int, bool]] = []
+    originals: list[int] = []
+
+    def record(sender: Any, **kwargs: Any) -> None:
+        event = signalbus.current_event()
+        assert event is not None
+        everything.append((kwargs["n"], event.replayed))
+
+    signal.connect(record, weak=False, group="mailer")
+    signal.connect(
+        lambda sender, **kwargs: originals.append(kwargs["n"]),
+        weak=False,
+        group="mailer",
+        replays=False,
+    )
+    sender_bus = make_bus()
+    with signal.muted():  # skipped and acknowledged, as a muted broadcast is: never retried
+        send(sender_bus, 1)
+        wait_for(lambda: bus.stats()["group_handled"] == 1)
+    assert raw.xpending(f"{prefix}signalbus:history:{CHANNEL}", "mailer")["pending"] == 0
+    send(sender_bus, 1, first=1)
+    wait_for(lambda: originals == [1])
+    signal.replay("0", group="mailer")
+    wait_for(lambda: len(everything) == 3)  # both receivers run on each event, in one call
+    assert everything == [(1, False), (0, True), (1, True)]
+    assert originals == [1]
+    assert bus.stats()["group_failures"] == 0
+
+
+def test_trim_warnings_are_counted_each_time_and_logged_once_in_a_while(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = f"{prefix}signalbus:history:{CHANNEL}"
+    sender_bus = make_bus(history=signalbus.History(max_count=10), synchronous=True)
+    raw.xgroup_create(stream, "slow", id="$", mkstream=True)  # a group nobody reads
+    signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+    for n in range(200):  # one batch each; past 10 x max_count entries, every one warns
+        signal.send("web", n=n)
+    assert sender_bus.stats()["trim_warnings"] >= 90
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"signalbus: history trimming: {stream}: trimmed to 100 entries")
+
+
+def test_count_trimming_goes_on_when_redis_cannot_tell_a_groups_lag(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str
+) -> None:
+    stream = f"{prefix}signalbus:history:{CHANNEL}"
+    sender_bus = make_bus(history=signalbus.History(max_count=100))
+    raw.xgroup_create(stream, "steady", id="$", mkstream=True)
+    send(sender_bus, 50)
+    raw.xdel(stream, raw.xrevrange(stream, count=1)[0][0])  # as for a refused event
+    for n in range(12):  # the group keeps up, a few events behind, never at the end
+        found = raw.xreadgroup("steady", "member", {stream: ">"}, count=45 if n == 0 else 100)
+        raw.xack(stream, "steady", *[entry_id for entry_id, _ in found[0][1]])
+        send(sender_bus, 100, first=50 + 100 * n)
+    assert raw.xinfo_groups(stream)[0]["lag"] is None  # Redis 7.0 cannot tell it
+    assert raw.xlen(stream) < 400  # about max_count, not held back towards 10 x max_count
+    assert sender_bus.stats()["trim_warnings"] == 0
+
+
+def test_a_member_reports_what_its_group_lost_to_trimming(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = f"{prefix}signalbus:history:{CHANNEL}"
+    sender_bus = make_bus(history=signalbus.History(max_count=10))
+    raw.xgroup_create(stream, "mailer", id="$", mkstream=True)
+    send(sender_bus, 5)
+    taken = raw.xreadgroup("mailer", "gone-host:1:0", {stream: ">"}, count=3)[0][1]
+    send(sender_bus, 300, first=5)  # past 10 x max_count behind: trimmed anyway
+    first_kept = raw.xrange(stream, count=1)[0][0].decode()
+    assert raw.xlen(stream) < 300 and sender_bus.stats()["trim_warnings"] >= 1
+    gaps: list[dict[str, Any]] = []
+    handled: list[int] = []
+    bus = make_bus()
+    with signalbus.history_gap.connected_to(lambda sender, **kwargs: gaps.append(kwargs)):
+        Namespace("auth", bus=bus).signal("logged-in").connect(
+            lambda sender, **kwargs: handled.append(kwargs["n"]),
+            weak=False,
+            group=Group("mailer", claim_idle=0.05),
+        )
+        wait_for(lambda: len(gaps) == 2 and handled and handled[-1] == 304)
+    taken_ids = [entry_id.decode() for entry_id, _ in taken]
+    assert sorted(gaps, key=lambda gap: gap["last_seen"]) == [
+        # the three it held, unacknowledged by a member that is gone
+        {
+            "channel": CHANNEL,
+            "group": "mailer",
+            "last_seen": taken_ids[0],
+            "first_kept": first_kept,
+        },
+        # and the two it was never given
+        {
+            "channel": CHANNEL,
+            "group": "mailer",
+            "last_seen": taken_ids[2],
+            "first_kept": first_kept,
+        },
+    ]
+    assert bus.stats()["group_gaps"] == 2
+    assert handled[0] > 4 and raw.xpending(stream, "mailer")["pending"] == 0
+    assert "events on 'auth.logged-in' may be lost to group 'mailer'" in caplog.text

@@ -215,3 +215,19 @@ def test_reading_back_from_an_unreachable_redis_raises_a_transport_error(
                 read()
             assert str(raised.value).startswith(f"signal 'auth.logged-in': {what}: ")
             assert isinstance(raised.value.__cause__, redis.ConnectionError)
+
+
+def test_a_stream_full_of_garbage_is_skipped_in_two_log_lines(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = make_bus()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    for n in range(50):
+        raw.xadd(stream(prefix), {"e": b"not an event %d" % n})
+    sent(bus, signal, 1)
+    assert [dict(e.kwargs or {}) for e in signal.history()] == [{"n": 0}]
+    skips = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skips) == 2
+    assert "49 more history entries of 'auth.logged-in'" in skips[1]
+    report = signal.replay("0", dry_run=True)
+    assert (report.events, report.skipped) == (1, 50)  # each one still counted
