@@ -297,6 +297,14 @@ class Subscriber:
 
     def _on_refusal(self, refusal: Refusal) -> None:
         """A SUBSCRIBE refused (the user's ACL) drops its channel, and tells who waits."""
+        if refusal.command in (b"SET", b"GET"):  # the data epoch, read before subscribing
+            self._log.warning(
+                "epoch-refused",
+                "Redis refused the bus's data epoch key (its ACL?): %s; a restart that loses "
+                "Redis's data is then told only by the positions in history streams",
+                refusal.error,
+            )
+            return
         if refusal.command != b"SUBSCRIBE" or refusal.channel is None:
             self._log.warning("refused", "Redis refused a subscriber command: %s", refusal.error)
             return

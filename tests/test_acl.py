@@ -132,3 +132,32 @@ def test_each_refused_channel_is_logged_by_name_and_counted(
     assert len(refusals) == 2
     assert f"{prefix}billing.paid" in refusals[0] and f"{prefix}billing.refunded" in refusals[1]
     assert bus.stats()["subscribe_refused"] == 2
+
+
+def test_a_user_who_may_not_touch_the_epoch_key_still_receives(
+    acl_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The data epoch is read before subscribing; an ACL that refuses it is logged once
+    and the subscription goes on (gap recovery then leans on positions alone)."""
+    admin = acl_server.client()
+    admin.acl_setuser(
+        "history-only",
+        enabled=True,
+        passwords=["+secret"],
+        keys=[f"{prefix}signalbus:history:*", f"{prefix}signalbus:catalog"],
+        channels=[f"{prefix}auth.*"],
+        commands=["+@all"],
+        reset_channels=True,
+    )
+    url = f"redis://history-only:secret@127.0.0.1:{acl_server.port}/0"
+    received = Recorder()
+    with (
+        Bus(url, prefix=prefix) as receiver_bus,
+        Bus(acl_server.url, prefix=prefix) as sender_bus,
+        caplog.at_level(logging.WARNING, "signalbus"),
+    ):
+        Namespace("auth", bus=receiver_bus).signal("logged-in").connect(received)
+        Namespace("auth", bus=sender_bus).signal("logged-in").send("web", n=1)
+        assert received.wait(1) == [("web", {"n": 1})]
+        wait_for(lambda: "data epoch key" in caplog.text)
+    admin.close()
