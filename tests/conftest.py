@@ -15,7 +15,7 @@ import redis
 from signalbus import Bus
 from signalbus.testing import RedisServer
 
-from .helpers import run_cli
+from .helpers import Child, run_cli
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,3 +87,21 @@ def on_test_bus(
 ) -> Callable[..., tuple[int, str, str]]:
     """``signalbus --url <the test server> --prefix <this test's> *args``, as ``run_cli``."""
     return lambda *args: run_cli(capsys, "--url", redis_url, "--prefix", prefix, *args)
+
+
+@pytest.fixture
+def start_child() -> Iterator[Callable[..., Child]]:
+    """Start ``python -m tests.child *args`` (see tests/child.py), waiting until it is
+    ready unless ``ready=False``; every child is killed at teardown."""
+    started: list[Child] = []
+
+    def start(*args: str, ready: bool = True) -> Child:
+        child = Child(*args)
+        started.append(child)
+        if ready:
+            child.wait_ready()
+        return child
+
+    yield start
+    for child in started:
+        child.kill()

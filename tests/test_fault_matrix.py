@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -17,21 +17,6 @@ from .helpers import Child, wait_for
 pytestmark = pytest.mark.slow
 
 AOF = ["--appendonly", "yes", "--appendfsync", "always"]
-
-
-@pytest.fixture
-def children() -> Iterator[list[Child]]:
-    started: list[Child] = []
-    yield started
-    for child in started:
-        child.kill()
-
-
-def start(children: list[Child], *args: str) -> Child:
-    child = Child(*args)
-    children.append(child)
-    child.wait_ready()
-    return child
 
 
 def received(listeners: list[Child], count: int) -> None:
@@ -48,13 +33,13 @@ def burst(sender: Child, first: int, end: int) -> None:
 
 
 def test_redis_killed_and_restarted_while_the_sender_is_idle(
-    prefix: str, children: list[Child]
+    prefix: str, start_child: Callable[..., Child]
 ) -> None:
     """Five crashes with AOF, each while the sender is idle and followed by a burst: every
     event reaches both listeners once, in order (issue 11, item 2)."""
     with RedisServer(AOF) as server:
-        listeners = [start(children, "listen", server.url, prefix, "0") for _ in range(2)]
-        sender = start(children, "send-on-demand", server.url, prefix, "0")
+        listeners = [start_child("listen", server.url, prefix, "0") for _ in range(2)]
+        sender = start_child("send-on-demand", server.url, prefix, "0")
         sent = 0
         for _ in range(5):
             burst(sender, sent, sent + 20)
@@ -71,13 +56,13 @@ def test_redis_killed_and_restarted_while_the_sender_is_idle(
 
 
 def test_a_listener_that_had_received_nothing_is_told_of_events_lost_in_a_restart(
-    own_server: RedisServer, prefix: str, children: list[Child]
+    own_server: RedisServer, prefix: str, start_child: Callable[..., Child]
 ) -> None:
     """A listener cut off before its first event, a restart without persistence: it is
     told of the gap, and receives what is sent after (issue 11, item 1)."""
     with Proxy(own_server.port) as proxy:
-        listener = start(children, "listen", proxy.url, prefix, "0")
-        sender = start(children, "send-on-demand", own_server.url, prefix, "0")
+        listener = start_child("listen", proxy.url, prefix, "0")
+        sender = start_child("send-on-demand", own_server.url, prefix, "0")
         proxy.cut()
         burst(sender, 0, 300)
         own_server.stop()
@@ -92,12 +77,12 @@ def test_a_listener_that_had_received_nothing_is_told_of_events_lost_in_a_restar
 
 
 def test_a_sigkilled_sender_loses_only_what_it_had_not_written(
-    redis_url: str, prefix: str, children: list[Child]
+    redis_url: str, prefix: str, start_child: Callable[..., Child]
 ) -> None:
     """What a killed process had queued is lost with it, and nothing can report that; but
     every listener gets the same events up to that point, in order, with no hole."""
-    listeners = [start(children, "listen", redis_url, prefix, "0") for _ in range(2)]
-    sender = start(children, "send-on-demand", redis_url, prefix, "0")
+    listeners = [start_child("listen", redis_url, prefix, "0") for _ in range(2)]
+    sender = start_child("send-on-demand", redis_url, prefix, "0")
     burst(sender, 0, 100)
     sender.ask("100 100000")
     wait_for(lambda: len(listeners[0].events()) > 1000, 30)
@@ -109,12 +94,14 @@ def test_a_sigkilled_sender_loses_only_what_it_had_not_written(
     assert seen == list(range(len(seen))) and 1000 < len(seen) < 100_000
 
 
-def test_a_frozen_server_thawed_loses_nothing(prefix: str, children: list[Child]) -> None:
+def test_a_frozen_server_thawed_loses_nothing(
+    prefix: str, start_child: Callable[..., Child]
+) -> None:
     """The server frozen (SIGSTOP) while events are sent, then thawed: everything
     arrives once, in order."""
     with RedisServer() as server:
-        listeners = [start(children, "listen", server.url, prefix, "0") for _ in range(2)]
-        sender = start(children, "send-on-demand", server.url, prefix, "0")
+        listeners = [start_child("listen", server.url, prefix, "0") for _ in range(2)]
+        sender = start_child("send-on-demand", server.url, prefix, "0")
         burst(sender, 0, 50)
         server.pause()
         try:

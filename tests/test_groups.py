@@ -8,7 +8,7 @@ import datetime
 import logging
 import signal as os_signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,21 +20,6 @@ from signalbus import Bus, ConfigurationError, Group, Namespace, Signal
 from .helpers import Child, wait_for
 
 CHANNEL = "auth.logged-in"
-
-
-@pytest.fixture
-def children() -> Iterator[list[Child]]:
-    started: list[Child] = []
-    yield started
-    for child in started:
-        child.kill()
-
-
-def start(children: list[Child], *args: str) -> Child:
-    child = Child(*args)
-    children.append(child)
-    child.wait_ready()
-    return child
 
 
 def handled(*processes: Child) -> list[int]:
@@ -50,10 +35,10 @@ def send(bus: Bus, count: int, first: int = 0) -> Signal:
 
 
 def test_three_processes_in_a_group_handle_each_event_once_and_broadcast_gets_all(
-    make_bus: Callable[..., Bus], redis_url: str, prefix: str, children: list[Child]
+    make_bus: Callable[..., Bus], redis_url: str, prefix: str, start_child: Callable[..., Child]
 ) -> None:
-    members = [start(children, "group", redis_url, prefix, "0") for _ in range(3)]
-    broadcast = start(children, "listen", redis_url, prefix, "1000")
+    members = [start_child("group", redis_url, prefix, "0") for _ in range(3)]
+    broadcast = start_child("listen", redis_url, prefix, "1000")
     send(make_bus(), 1000)
     wait_for(lambda: len(handled(*members)) >= 1000 and len(broadcast.events()) >= 1000, 30)
     counts = collections.Counter(handled(*members))
@@ -65,10 +50,10 @@ def test_three_processes_in_a_group_handle_each_event_once_and_broadcast_gets_al
 
 
 def test_a_member_killed_mid_work_loses_nothing(
-    make_bus: Callable[..., Bus], redis_url: str, prefix: str, children: list[Child]
+    make_bus: Callable[..., Bus], redis_url: str, prefix: str, start_child: Callable[..., Child]
 ) -> None:
     options = ("--work", "0.005", "--claim-idle", "1")
-    members = [start(children, "group", redis_url, prefix, "0", *options) for _ in range(3)]
+    members = [start_child("group", redis_url, prefix, "0", *options) for _ in range(3)]
     send(make_bus(), 300)
     victim = wait_for(lambda: next((m for m in members if len(m.events()) >= 10), None))
     victim.process.send_signal(os_signal.SIGKILL)
@@ -123,10 +108,10 @@ def test_a_receiver_that_always_raises_sends_the_event_to_dead_letters(
 
 
 def test_two_groups_on_one_signal_are_independent(
-    make_bus: Callable[..., Bus], redis_url: str, prefix: str, children: list[Child]
+    make_bus: Callable[..., Bus], redis_url: str, prefix: str, start_child: Callable[..., Child]
 ) -> None:
-    mailer = start(children, "group", redis_url, prefix, "0", "--group", "mailer")
-    audit = [start(children, "group", redis_url, prefix, "0", "--group", "audit") for _ in range(2)]
+    mailer = start_child("group", redis_url, prefix, "0", "--group", "mailer")
+    audit = [start_child("group", redis_url, prefix, "0", "--group", "audit") for _ in range(2)]
     send(make_bus(), 200)
     wait_for(lambda: len(handled(mailer)) >= 200 and len(handled(*audit)) >= 200, 30)
     assert sorted(handled(mailer)) == list(range(200))

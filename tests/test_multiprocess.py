@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -13,19 +13,11 @@ from signalbus import Bus, Namespace
 from .helpers import Child, Recorder, wait_for
 
 
-@pytest.fixture
-def children() -> Iterator[list[Child]]:
-    started: list[Child] = []
-    yield started
-    for child in started:
-        child.kill()
-
-
 def test_events_reach_every_listening_process_once_in_order(
-    redis_url: str, prefix: str, make_bus: Callable[..., Bus], children: list[Child]
+    redis_url: str, prefix: str, make_bus: Callable[..., Bus], start_child: Callable[..., Child]
 ) -> None:
     count = 200
-    children.extend(Child("listen", redis_url, prefix, str(count)) for _ in range(3))
+    children = [start_child("listen", redis_url, prefix, str(count), ready=False) for _ in "abc"]
     for child in children:
         child.wait_ready()
     bus = make_bus()

@@ -6,10 +6,11 @@ Every test numbers what it sends and checks what was seen against it (a Ledger).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import fakeredis
 import msgpack
@@ -57,6 +58,35 @@ def gaps() -> Iterator[list[dict[str, Any]]]:
 def proxy(own_server: RedisServer) -> Iterator[Proxy]:
     with Proxy(own_server.port) as proxy:
         yield proxy
+
+
+class CutOff(NamedTuple):
+    """A sending bus on the server, and a receiving bus whose network the proxy cuts."""
+
+    sender_bus: Bus
+    receiver_bus: Bus
+    signal: Signal
+    """The sender's side of auth.logged-in."""
+    ledger: Ledger
+    """What the receiver's auth.logged-in receiver saw."""
+
+
+@pytest.fixture
+def cut_off(own_server: RedisServer, proxy: Proxy, prefix: str) -> Iterator[Callable[..., CutOff]]:
+    """Make a :class:`CutOff` pair (``listening=False``: not connected yet); closed at
+    teardown."""
+    with contextlib.ExitStack() as buses:
+
+        def make(*, listening: bool = True, **options: Any) -> CutOff:
+            sender_bus = buses.enter_context(Bus(own_server.url, prefix=prefix, **options))
+            receiver_bus = buses.enter_context(Bus(proxy.url, prefix=prefix, **options))
+            ledger = Ledger()
+            if listening:
+                listen(receiver_bus, ledger)
+            signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+            return CutOff(sender_bus, receiver_bus, signal, ledger)
+
+        yield make
 
 
 def test_events_sent_while_cut_off_are_recovered_once_and_in_order(
@@ -340,120 +370,106 @@ def test_a_receiver_bus_without_history_neither_recovers_nor_reports(
 
 
 def test_a_receiver_that_had_seen_nothing_reports_events_lost_in_a_restart(
-    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+    cut_off: Callable[..., CutOff],
+    own_server: RedisServer,
+    proxy: Proxy,
+    gaps: list[dict[str, Any]],
 ) -> None:
     """Subscribed to an empty stream, cut off while 300 events are kept, then Redis
     restarts without persistence: the receiver never had a position in the stream,
     and must still say that events may be lost (issue 11, item 1)."""
-    ledger = Ledger()
-    with (
-        Bus(own_server.url, prefix=prefix) as sender_bus,
-        Bus(proxy.url, prefix=prefix) as receiver_bus,
-    ):
-        listen(receiver_bus, ledger)
-        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
-        proxy.cut()
-        send(sender_bus, signal, range(0, 300))
-        own_server.stop()
-        own_server.start()  # empty: the 300 events are gone
-        proxy.heal()
-        wait_for(lambda: gaps, timeout=20)
-        send(sender_bus, signal, range(300, 310))
-        ledger.wait(10)
-        assert ledger.seen == list(range(300, 310))
-        assert receiver_bus.stats()["gaps"] == 1
+    pair = cut_off()
+    proxy.cut()
+    send(pair.sender_bus, pair.signal, range(0, 300))
+    own_server.stop()
+    own_server.start()  # empty: the 300 events are gone
+    proxy.heal()
+    wait_for(lambda: gaps, timeout=20)
+    send(pair.sender_bus, pair.signal, range(300, 310))
+    pair.ledger.wait(10)
+    assert pair.ledger.seen == list(range(300, 310))
+    assert pair.receiver_bus.stats()["gaps"] == 1
     assert gaps[0]["channel"] == CHANNEL
 
 
 def test_a_receiver_that_had_seen_nothing_reports_a_trimmed_history(
-    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+    cut_off: Callable[..., CutOff],
+    own_server: RedisServer,
+    proxy: Proxy,
+    gaps: list[dict[str, Any]],
 ) -> None:
     """The same for retention: of 110 events sent while it was cut off, the stream
     keeps 50; the receiver gets those and reports the rest (issue 11, item 1)."""
-    ledger = Ledger()
-    raw = own_server.client()
-    with (
-        Bus(own_server.url, prefix=prefix) as sender_bus,
-        Bus(proxy.url, prefix=prefix) as receiver_bus,
-    ):
-        listen(receiver_bus, ledger)
-        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
-        proxy.cut()
-        send(sender_bus, signal, range(0, 110))
-        raw.xtrim(f"{prefix}signalbus:history:{CHANNEL}", maxlen=50, approximate=False)
-        first_kept = next(iter(signal.history()))
-        proxy.heal()
-        ledger.wait(50)
-        wait_for(lambda: gaps)
-        assert receiver_bus.stats()["gaps"] == 1
-    raw.close()
-    assert ledger.seen == list(range(60, 110))
+    pair = cut_off()
+    proxy.cut()
+    send(pair.sender_bus, pair.signal, range(0, 110))
+    with own_server.client() as raw:
+        raw.xtrim(
+            f"{pair.sender_bus.prefix}signalbus:history:{CHANNEL}", maxlen=50, approximate=False
+        )
+    first_kept = next(iter(pair.signal.history()))
+    proxy.heal()
+    pair.ledger.wait(50)
+    wait_for(lambda: gaps)
+    assert pair.receiver_bus.stats()["gaps"] == 1
+    assert pair.ledger.seen == list(range(60, 110))
     assert len(gaps) == 1 and gaps[0]["first_kept"] == first_kept.stream_id
 
 
 def test_an_entry_id_in_a_message_cannot_move_a_receivers_position(
-    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+    cut_off: Callable[..., CutOff],
+    own_server: RedisServer,
+    proxy: Proxy,
+    gaps: list[dict[str, Any]],
 ) -> None:
     """The entry id the server appends is outside the signature: a captured signed
     event republished with a far-future id is delivered (it is validly signed and new
     to this receiver), but the receiver's next catch-up does not skip what the stream
     holds (issue 11, item 3)."""
-    keys = ["a signing key long enough to be one"]
-    ledger = Ledger()
-    raw = own_server.client()
-    with (
-        Bus(own_server.url, prefix=prefix, signing_keys=keys) as sender_bus,
-        Bus(proxy.url, prefix=prefix, signing_keys=keys) as receiver_bus,
-    ):
-        listen(receiver_bus, ledger)
-        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
-        send(sender_bus, signal, range(0, 1))
-        ledger.wait(1)
-        captured = sender_bus.codec.signer.sign(
-            sender_bus.codec.encode(
-                token=b"captured",
-                seq=1,
-                channel=CHANNEL,
-                sender="web",
-                kwargs={"n": -1},
-                timestamp=0.0,
-                origin="elsewhere",
-            )
+    pair = cut_off(signing_keys=["a signing key long enough to be one"])
+    send(pair.sender_bus, pair.signal, range(0, 1))
+    pair.ledger.wait(1)
+    codec = pair.sender_bus.codec
+    captured = codec.signer.sign(
+        codec.encode(
+            token=b"captured",
+            seq=1,
+            channel=CHANNEL,
+            sender="web",
+            kwargs={"n": -1},
+            timestamp=0.0,
+            origin="elsewhere",
         )
-        at = SIGNED_OFFSET  # the envelope's array head, after the signature
-        forged = captured[:at] + b"\x99" + captured[at + 1 :] + msgpack.packb("9999999999999-0")
-        raw.publish(prefix + CHANNEL, forged)
-        ledger.wait(2)
-        proxy.cut()
-        send(sender_bus, signal, range(1, 21))
-        proxy.heal()
-        ledger.wait(22)
-        assert ledger.seen == [0, -1, *range(1, 21)]
-        stats = receiver_bus.stats()
-    raw.close()
+    )
+    at = SIGNED_OFFSET  # the envelope's array head, after the signature
+    forged = captured[:at] + b"\x99" + captured[at + 1 :] + msgpack.packb("9999999999999-0")
+    with own_server.client() as raw:
+        raw.publish(pair.sender_bus.prefix + CHANNEL, forged)
+    pair.ledger.wait(2)
+    proxy.cut()
+    send(pair.sender_bus, pair.signal, range(1, 21))
+    proxy.heal()
+    pair.ledger.wait(22)
+    assert pair.ledger.seen == [0, -1, *range(1, 21)]
+    stats = pair.receiver_bus.stats()
     assert stats["invalid"] == 1 and stats["gaps"] == 0 and gaps == []
 
 
 def test_events_sent_after_an_unconfirmed_connect_are_delivered_once_subscribed(
-    own_server: RedisServer, proxy: Proxy, prefix: str
+    cut_off: Callable[..., CutOff], proxy: Proxy
 ) -> None:
     """connect() gives up waiting while Redis is unreachable; what is sent from then
     until the subscription is made comes from history."""
-    ledger = Ledger()
-    with (
-        Bus(own_server.url, prefix=prefix) as sender_bus,
-        Bus(proxy.url, prefix=prefix, subscribe_timeout=0.5) as receiver_bus,
-    ):
-        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
-        send(sender_bus, signal, range(-3, 0))  # before connect(): not for it
-        proxy.cut()
-        listen(receiver_bus, ledger)  # returns unconfirmed
-        send(sender_bus, signal, range(0, 10))
-        proxy.heal()
-        ledger.wait(10)
-        send(sender_bus, signal, range(10, 15))
-        ledger.wait(15)
-        ledger.check_exactly_once_in_order(15)
+    pair = cut_off(listening=False, subscribe_timeout=0.5)
+    send(pair.sender_bus, pair.signal, range(-3, 0))  # before connect(): not for it
+    proxy.cut()
+    listen(pair.receiver_bus, pair.ledger)  # returns unconfirmed
+    send(pair.sender_bus, pair.signal, range(0, 10))
+    proxy.heal()
+    pair.ledger.wait(10)
+    send(pair.sender_bus, pair.signal, range(10, 15))
+    pair.ledger.wait(15)
+    pair.ledger.check_exactly_once_in_order(15)
 
 
 def test_duplicate_detection_forgets_the_senders_seen_longest_ago() -> None:
@@ -484,33 +500,30 @@ def test_duplicate_detection_forgets_the_senders_seen_longest_ago() -> None:
 
 
 def test_a_quiet_signal_whose_last_event_was_trimmed_reports_no_gap(
-    own_server: RedisServer, proxy: Proxy, prefix: str, gaps: list[dict[str, Any]]
+    cut_off: Callable[..., CutOff],
+    own_server: RedisServer,
+    proxy: Proxy,
+    gaps: list[dict[str, Any]],
 ) -> None:
     """Nothing was added after the last event dispatched: that its entry is gone (the
     signal was quiet for longer than max_age) loses nothing."""
-    ledger, pings = Ledger(), Ledger()
-    raw = own_server.client()
-    with (
-        Bus(own_server.url, prefix=prefix) as sender_bus,
-        Bus(proxy.url, prefix=prefix) as receiver_bus,
-    ):
-        listen(receiver_bus, ledger)
-        Namespace("auth", bus=receiver_bus).signal("ping").connect(pings.receiver)
-        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
-        send(sender_bus, signal, range(0, 5))
-        ledger.wait(5)
+    pair = cut_off()
+    pings = Ledger()
+    Namespace("auth", bus=pair.receiver_bus).signal("ping").connect(pings.receiver)
+    send(pair.sender_bus, pair.signal, range(0, 5))
+    pair.ledger.wait(5)
+    prefix = pair.sender_bus.prefix
+    with own_server.client() as raw:
         raw.xtrim(f"{prefix}signalbus:history:{CHANNEL}", maxlen=0, approximate=False)
         proxy.cut()
         proxy.heal()
-        wait_for(lambda: receiver_bus.stats()["reconnects"] >= 1)
+        wait_for(lambda: pair.receiver_bus.stats()["reconnects"] >= 1)
         keys = [f"{prefix}auth.{name}".encode() for name in ("logged-in", "ping")]
         wait_for(lambda: raw.pubsub_numsub(*keys) == [(key, 1) for key in keys])
-        # Messages are dispatched in order, after the catch-ups of the reconnect.
-        ping = Namespace("auth", bus=sender_bus).signal("ping")
-        send(sender_bus, ping, range(1))
-        pings.wait(1)
-        assert receiver_bus.stats()["gaps"] == 0 and gaps == []
-        send(sender_bus, signal, range(5, 6))
-        ledger.wait(6)
-        ledger.check_exactly_once_in_order(6)
-    raw.close()
+    # Messages are dispatched in order, after the catch-ups of the reconnect.
+    send(pair.sender_bus, Namespace("auth", bus=pair.sender_bus).signal("ping"), range(1))
+    pings.wait(1)
+    assert pair.receiver_bus.stats()["gaps"] == 0 and gaps == []
+    send(pair.sender_bus, pair.signal, range(5, 6))
+    pair.ledger.wait(6)
+    pair.ledger.check_exactly_once_in_order(6)
