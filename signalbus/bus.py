@@ -24,7 +24,7 @@ import blinker
 import redis
 
 from .catalog import CatalogWriter, Definition, definition
-from .codec import TOKEN_SIZE, Codec, Envelope, event_id
+from .codec import TOKEN_SIZE, Codec, Envelope, event_id, head, seal
 from .errors import ArgumentError, ConfigurationError, PublishError
 from .event import Event, _current
 from .groups import (
@@ -177,6 +177,7 @@ class Bus:
         self._lock = threading.Lock()
         self._token = os.urandom(TOKEN_SIZE)
         self._token_hex = self._token.hex()
+        self._head = head(self._token)
         self.origin = f"{socket.gethostname()}:{os.getpid()}"
         self._seq = itertools.count(1)
         self._stats = Stats()
@@ -288,6 +289,13 @@ class Bus:
         publisher = self._publisher
         if publisher.synchronous and not wait:
             return None
+        timestamp = time.time()
+        # Encoded before numbering: what the codec runs (a registered type's encode, a
+        # model's serializers) may take time, or send events itself, and must do so
+        # without holding up, or deadlocking on, the lock below.
+        body = self.codec.encode_body(
+            channel=channel, sender=sender, kwargs=kwargs, timestamp=timestamp, origin=self.origin
+        )
         confirmation = None
         deadline = time.monotonic() + publisher.block_timeout  # send() waits no longer
         while True:
@@ -295,16 +303,7 @@ class Bus:
             # numbers, which is how receivers tell a second copy (see signalbus.recovery).
             with publisher.ordered:
                 seq = next(self._seq)
-                timestamp = time.time()
-                data = self.codec.encode(
-                    token=self._token,
-                    seq=seq,
-                    channel=channel,
-                    sender=sender,
-                    kwargs=kwargs,
-                    timestamp=timestamp,
-                    origin=self.origin,
-                )
+                data = seal(self._head, seq, body)
                 if self._signs:
                     data = self.codec.signer.sign(data)
                 outgoing = (route[1], data, route[2])

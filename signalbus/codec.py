@@ -26,6 +26,7 @@ import decimal
 import enum
 import functools
 import re
+import struct
 import sys
 import threading
 import types
@@ -42,7 +43,7 @@ from .event import Event
 if t.TYPE_CHECKING:
     from .signing import Signer
 
-__all__ = ["ENVELOPE_VERSION", "Codec", "Envelope"]
+__all__ = ["ENVELOPE_VERSION", "Codec", "Envelope", "head", "seal"]
 
 ENVELOPE_VERSION = 1
 TOKEN_SIZE = 8
@@ -113,6 +114,34 @@ class Envelope(NamedTuple):
             replayed=self.replayed,
             stream_id=self.stream_id,
         )
+
+
+def head(token: bytes) -> bytes:
+    """What every event of the bus whose token is ``token`` starts with."""
+    return ENVELOPE_HEAD + token
+
+
+_LARGEST_NUMBER = 9  # a msgpack uint64
+
+
+def seal(head: bytes, seq: int, body: bytes) -> bytes:
+    """The event numbered ``seq``: its bus's ``head``, the number, then its ``body``
+    (from :meth:`Codec.encode_body`), one msgpack array of eight fields."""
+    if seq < 0x80:
+        number = _FIXINT[seq]
+    elif seq < 1 << 16:
+        number = _UINT16.pack(0xCD, seq)
+    elif seq < 1 << 32:
+        number = _UINT32.pack(0xCE, seq)
+    else:
+        number = _UINT64.pack(0xCF, seq)
+    return b"".join((head, number, body))
+
+
+_FIXINT = [bytes([n]) for n in range(0x80)]
+_UINT16 = struct.Struct(">BH")
+_UINT32 = struct.Struct(">BI")
+_UINT64 = struct.Struct(">BQ")
 
 
 def event_id(token_hex: str, seq: int) -> str:
@@ -288,19 +317,34 @@ class Codec:
         origin: str,
     ) -> bytes:
         """The event as bytes; raises :class:`EncodingError` naming what cannot travel."""
+        body = self.encode_body(
+            channel=channel, sender=sender, kwargs=kwargs, timestamp=timestamp, origin=origin
+        )
+        return seal(head(token), seq, body)
+
+    def encode_body(
+        self, *, channel: str, sender: Any, kwargs: dict[str, Any], timestamp: float, origin: str
+    ) -> bytes:
+        """What follows the sending bus's token and number in the event: see :func:`seal`.
+
+        Numbering comes last, so that a bus can encode (running registered ``encode``
+        functions, which may take time or even send events themselves) before it takes
+        the lock under which it numbers and queues.
+        """
         wire_sender = self._wire_sender(channel, sender)
-        envelope = [ENVELOPE_VERSION, token, seq, channel, wire_sender, kwargs, timestamp, origin]
         try:
-            data = self._pack_envelope(envelope)
+            packed = self._pack_envelope([channel, wire_sender, kwargs, timestamp, origin])
         except (TypeError, ValueError, OverflowError) as exc:
             raise self._explain(channel, kwargs, exc) from exc
-        if len(data) > self.max_message_size:
+        body = packed[1:]  # the items, without their array's head (a fixarray of five)
+        size = len(body) + len(ENVELOPE_HEAD) + TOKEN_SIZE + _LARGEST_NUMBER
+        if size > self.max_message_size:
             raise MessageTooLargeError(
-                f"signal {channel!r}: the event encodes to {len(data)} bytes, over the bus's "
+                f"signal {channel!r}: the event encodes to {size} bytes, over the bus's "
                 f"max_message_size of {self.max_message_size}; send an id or a reference "
                 "instead of the data, or raise max_message_size"
             )
-        return data
+        return body
 
     def _pack_envelope(self, envelope: list[Any]) -> bytes:
         """Pack with this thread's reusable Packer (cheaper than a new one per event).

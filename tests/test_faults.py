@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import threading
@@ -438,3 +439,34 @@ def test_calls_against_a_server_that_never_answers_keep_their_timeouts(
     assert "not confirmed" in caplog.text
     auth.signal("a").send("web", n=1)  # queued, never answered
     assert _timed(bus.close) < 2.0
+
+
+def test_a_value_whose_encoding_sends_an_event_does_not_deadlock(
+    make_bus: Callable[..., Bus],
+) -> None:
+    """A registered type's encode function that itself sends (an audit signal, say) runs
+    before the bus takes the lock it numbers events under: no deadlock, and both events
+    arrive."""
+    sender_bus, receiver_bus = _pair(make_bus)
+    audited, logged_in = Recorder(), Recorder()
+    Namespace("auth", bus=receiver_bus).signal("encoded").connect(audited)
+    Namespace("auth", bus=receiver_bus).signal("logged-in").connect(logged_in)
+    audit = Namespace("auth", bus=sender_bus).signal("encoded")
+
+    @dataclasses.dataclass
+    class User:
+        id: int
+
+    def encode(user: User) -> int:
+        audit.send("codec", user_id=user.id)
+        return user.id
+
+    sender_bus.register_type(User, encode, lambda user_id: user_id, name="User")
+    done = threading.Event()
+    signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+    threading.Thread(
+        target=lambda: (signal.send("web", user=User(7)), done.set()), daemon=True
+    ).start()
+    assert done.wait(10)
+    assert audited.wait(1) == [("codec", {"user_id": 7})]
+    assert logged_in.wait(1) == [("web", {"user": 7})]
