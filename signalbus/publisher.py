@@ -150,15 +150,42 @@ class Publisher:
         self._queue.put(event)
         if confirmation is not None:
             self._queue.put(confirmation)
-        if self._thread is None:
+        if self._stopping.is_set():  # close() began: the thread may be gone already
+            self._left_behind(event, confirmation)
+        elif self._thread is None:
             self._start()
         return True
+
+    def _left_behind(self, event: Outgoing, confirmation: Confirmation | None) -> None:
+        """Count ``event``, placed while the bus was closing, as dropped, unless the
+        thread published it or :meth:`close` counted it already (whoever takes it out
+        of the queue first)."""
+        if not self._queue.withdraw(event):
+            return
+        if confirmation is not None:
+            self._queue.withdraw(confirmation)
+            self._fail(confirmation)
+        self._lost += 1
+        self._stats.add("dropped")
+        self._log.warning(
+            "closed-unpublished",
+            "an event of channel %r was sent while the bus was closing, and not published",
+            event[0].decode(errors="replace"),
+        )
+
+    @staticmethod
+    def _fail(confirmation: Confirmation) -> None:
+        confirmation.lost = True
+        if confirmation.event is not None:
+            confirmation.error = PublishError("the bus was closed before it was published")
+        confirmation.done.set()
 
     def _write_directly(self, event: Outgoing, confirmation: Confirmation | None) -> bool:
         """Write ``event`` now if it is small and the socket idle; the thread reads the reply."""
         if not (
             self._healthy
             and self._thread is not None
+            and not self._stopping.is_set()
             and not self._unanswered
             and not len(self._queue)
             and len(event[1]) <= DIRECT_WRITE_LIMIT
@@ -168,7 +195,8 @@ class Publisher:
         if not self._write_lock.acquire(blocking=False):
             return False
         try:
-            if len(self._queue) or self._unanswered:
+            # close() sets stopping, then collects what is unanswered under this lock
+            if len(self._queue) or self._unanswered or self._stopping.is_set():
                 return False
             self._connection.write([event])
             self._unanswered.append([event] if confirmation is None else [event, confirmation])
@@ -244,6 +272,10 @@ class Publisher:
         if any event queued since the previous flush was refused or given up."""
         if self._thread is None and not len(self._queue):
             return True
+        if self._stopping.is_set():  # closing or closed: no thread will answer
+            flushed = not len(self._queue) and not self._unanswered
+            lost, self._reported_lost = self._lost != self._reported_lost, self._lost
+            return flushed and not lost
         confirmation = Confirmation(self._reported_lost)
         self._queue.put(confirmation)
         if self._thread is None:
@@ -265,7 +297,12 @@ class Publisher:
         locked = self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
         try:
             unanswered = [item for batch in list(self._unanswered) for item in batch]
-            left = [item for item in unanswered + self._queue.clear() if isinstance(item, tuple)]
+            items = unanswered + self._queue.clear()
+            left = [item for item in items if isinstance(item, tuple)]
+            self._lost += len(left)
+            for item in items:
+                if isinstance(item, Confirmation):
+                    self._fail(item)  # a flush() or synchronous send() racing close()
             if locked:
                 self._connection.close()
         finally:
