@@ -385,13 +385,17 @@ class PublishConnection:
         except NETWORK_ERRORS as exc:
             self._failed = True
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
+        if isinstance(load_reply, Exception):
+            # Refused (an ACL without SCRIPT, say): the EVALSHA after it then finds no
+            # script, which is not a flushed cache to start again for. Try loading
+            # again with the next batch.
+            self._script_loaded = False
+            return [load_reply] * len(events)
         if isinstance(reply, NoScriptError):
             # The server's script cache was flushed: start again on a fresh connection.
             raise TransportError(f"the history script is gone from the server: {reply}")
         if isinstance(reply, Exception):  # the script as a whole was refused
             return [reply] * len(events)
-        if isinstance(load_reply, Exception):
-            return [load_reply] * len(events)
         results, warnings = reply
         for warning in warnings:
             self._on_trim_warning(warning.decode(errors="replace"))
