@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from signalbus import Bus, ConfigurationError, Namespace, history_gap
+from signalbus import Bus, ConfigurationError, Group, Namespace, history_gap
 from signalbus.testing import Ledger, Proxy, RedisServer
 
 from .helpers import wait_for
@@ -163,3 +163,43 @@ def test_redis_losing_its_data_before_an_unconfirmed_subscription_is_made_is_rep
         assert ledger.seen == [50]
         wait_for(lambda: gaps, timeout=5)
         assert receiver_bus.stats()["gaps"] == 1
+
+
+def test_a_group_that_redis_lost_with_its_data_reports_the_events_it_was_never_given(
+    own_server: RedisServer, prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    """A member is busy with one event while 20 more wait in the stream for its group;
+    Redis restarts without persistence. The group comes back (NOGROUP: made again from
+    the start of the new stream) and the 20 are gone: the member must say so."""
+    busy, release = threading.Event(), threading.Event()
+    handled: list[int] = []
+
+    def receiver(sender: Any, n: int) -> None:
+        if n == 0:
+            busy.set()
+            release.wait(10)
+        handled.append(n)
+
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(own_server.url, prefix=prefix) as member_bus,
+    ):
+        Namespace("auth", bus=member_bus).signal("logged-in").connect(
+            receiver, weak=False, group=Group("mailer")
+        )
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        signal.send("web", n=0)
+        assert sender_bus.flush(5)
+        assert busy.wait(10)
+        for n in range(1, 21):
+            signal.send("web", n=n)
+        assert sender_bus.flush(5)
+        own_server.stop()
+        own_server.start()  # empty: the 20 events are gone
+        release.set()
+        signal.send("web", n=21)
+        wait_for(lambda: sender_bus.flush(1) and 21 in handled, timeout=20)
+        assert handled == [0, 21]
+        wait_for(lambda: gaps, timeout=5)
+        assert member_bus.stats()["group_gaps"] == 1
+        assert gaps[0]["group"] == "mailer"
