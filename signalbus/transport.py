@@ -16,7 +16,6 @@ import inspect
 import os
 import re
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -355,13 +354,12 @@ class PublishConnection:
         streams: dict[bytes, int] = {}
         retention: list[bytes] = []
         per_event: list[bytes] = []
-        now = time.time()
         for channel, data, keep in events:
             index = 0
             if keep is not None:
                 index = streams.setdefault(keep.stream_key, len(streams) + 1)
                 if index > len(retention) // 2:
-                    retention += (keep.max_count, keep.min_id(now))
+                    retention += (keep.max_count, keep.max_age_arg)
             per_event += (_cached_bulk(b"%d" % index), _cached_bulk(channel), *_bulk_parts(data))
         head = [b"EVALSHA", PUBLISH_SCRIPT_SHA, b"%d" % len(streams), *streams, *retention]
         size = len(head) + 3 * len(events)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from signalbus import Bus, ConfigurationError, Group, Namespace, history_gap
 from signalbus.testing import Ledger, Proxy, RedisServer
@@ -203,3 +204,22 @@ def test_a_group_that_redis_lost_with_its_data_reports_the_events_it_was_never_g
         wait_for(lambda: gaps, timeout=5)
         assert member_bus.stats()["group_gaps"] == 1
         assert gaps[0]["group"] == "mailer"
+
+
+def test_a_sender_whose_clock_runs_ahead_does_not_trim_young_history(
+    make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entry ids are the server's clock; the oldest id to keep by age was the sender's
+    clock minus max_age. One event from a host whose clock ran 8 days ahead trimmed a
+    7-day history to nothing, its own event included."""
+    signal = Namespace("auth", bus=make_bus()).signal("logged-in")
+    for n in range(300):
+        signal.send("web", n=n)
+    assert signal.bus is not None and signal.bus.flush(5)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 8 * 86400)
+    ahead = make_bus()
+    Namespace("auth", bus=ahead).signal("logged-in").send("web", n=300)
+    assert ahead.flush(5)
+    monkeypatch.undo()
+    assert raw.xlen(f"{prefix}signalbus:history:auth.logged-in") == 301
