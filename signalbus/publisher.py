@@ -70,7 +70,7 @@ class Confirmation:
     ``error`` why Redis refused that one.
     """
 
-    __slots__ = ("done", "error", "event", "lost", "lost_before")
+    __slots__ = ("done", "error", "event", "lost", "lost_before", "written")
 
     def __init__(self, lost_before: int, event: Outgoing | None = None) -> None:
         self.done = threading.Event()
@@ -78,6 +78,9 @@ class Confirmation:
         self.lost = False
         self.event = event
         self.error: Exception | None = None
+        self.written = False
+        """Whether ``event`` was written once already (then put back after a failure):
+        the server may have it, and publish it, even if it is taken back."""
 
 
 _Item = Outgoing | Confirmation
@@ -258,6 +261,7 @@ class Publisher:
                 self._write_lock.release()
         if withdrawn:
             self._queue.withdraw(confirmation)
+        if withdrawn and not confirmation.written:
             raise PublishError(
                 f"signal {channel!r}: Redis did not take the event within {self.block_timeout}s "
                 f"(last error: {self._last_error}); nothing was delivered"
@@ -413,6 +417,9 @@ class Publisher:
             self._connection.close()  # no reply of the old connection can be misread
             items = [item for batch in self._unanswered for item in batch]
             self._unanswered.clear()
+            for item in items:
+                if isinstance(item, Confirmation):
+                    item.written = True  # a synchronous send: see confirm()
             self._queue.put_front(items)
 
     def _give_up(self, batch: list[_Item], cause: BaseException | None) -> None:

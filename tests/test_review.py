@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import redis
 
-from signalbus import Bus, ConfigurationError, Group, Namespace, history_gap
+from signalbus import Bus, ConfigurationError, Group, Namespace, PublishError, history_gap
 from signalbus.testing import Ledger, Proxy, RedisServer
 
-from .helpers import wait_for
+from .helpers import Recorder, wait_for
 
 
 @pytest.fixture
@@ -223,3 +223,34 @@ def test_a_sender_whose_clock_runs_ahead_does_not_trim_young_history(
     assert ahead.flush(5)
     monkeypatch.undo()
     assert raw.xlen(f"{prefix}signalbus:history:auth.logged-in") == 301
+
+
+def test_a_synchronous_send_never_says_nothing_was_delivered_of_an_event_it_wrote(
+    own_server: RedisServer, prefix: str
+) -> None:
+    """The event is written, the server freezes, the reply times out and the event goes
+    back to the queue to be written again; when send() gives up, it took it back from
+    the queue and said "nothing was delivered". But the server had it in its socket
+    buffer and published it when it thawed: the caller, told to retry, sends it twice."""
+    received = Recorder()
+    with (
+        Bus(own_server.url, prefix=prefix) as receiver_bus,
+        Bus(
+            own_server.url + "?socket_timeout=0.2",
+            prefix=prefix,
+            synchronous=True,
+            block_timeout=1.5,
+        ) as bus,
+    ):
+        Namespace("auth", bus=receiver_bus).signal("logged-in").connect(received)
+        signal = Namespace("auth", bus=bus).signal("logged-in")
+        signal.send("web", n=0)  # connected, the script loaded
+        assert received.wait(1) == [("web", {"n": 0})]
+        own_server.pause()
+        try:
+            with pytest.raises(PublishError) as raised:
+                signal.send("web", n=1)
+        finally:
+            own_server.resume()
+        assert received.wait(2) == [("web", {"n": 0}), ("web", {"n": 1})]
+        assert "nothing was delivered" not in str(raised.value)
