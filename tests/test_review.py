@@ -4,6 +4,8 @@ without SCRIPT, Redis losing its data around an unconfirmed connect())."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +14,15 @@ from typing import Any
 import pytest
 import redis
 
-from signalbus import Bus, ConfigurationError, Group, Namespace, PublishError, history_gap
+from signalbus import (
+    Bus,
+    ConfigurationError,
+    Group,
+    Namespace,
+    PublishError,
+    SignalBusError,
+    history_gap,
+)
 from signalbus.testing import Ledger, Proxy, RedisServer
 
 from .helpers import Recorder, wait_for
@@ -254,3 +264,32 @@ def test_a_synchronous_send_never_says_nothing_was_delivered_of_an_event_it_wrot
             own_server.resume()
         assert received.wait(2) == [("web", {"n": 0}), ("web", {"n": 1})]
         assert "nothing was delivered" not in str(raised.value)
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A loopback port whose listener takes connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Bus._join -> GroupConsumer.prepare runs XGROUP CREATE in the caller with the "
+    "command client's 10 s socket timeout; it must be made by a thread and waited for at "
+    "most subscribe_timeout",
+)
+def test_connecting_a_group_receiver_keeps_to_subscribe_timeout(
+    silent_url: str, prefix: str
+) -> None:
+    """connect(group=...) made the group in the caller's thread, waiting for the socket
+    timeout (10 s, twice: connecting, then the command) against a server that takes
+    connections and never answers, whatever subscribe_timeout said."""
+    bus = Bus(silent_url, prefix=prefix, subscribe_timeout=1.0, close_timeout=1.0)
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    started = time.monotonic()
+    with contextlib.suppress(SignalBusError):
+        signal.connect(lambda sender, **kwargs: None, weak=False, group=Group("mailer"))
+    took = time.monotonic() - started
+    bus.close()
+    assert took < 2.0, took
