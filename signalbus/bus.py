@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import functools
 import itertools
+import math
 import os
 import socket
 import threading
@@ -132,6 +133,19 @@ class Bus:
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{option} must be a positive int, not {value!r}")
+        seconds: tuple[tuple[str, object], ...] = (
+            ("block_timeout", block_timeout),
+            ("subscribe_timeout", subscribe_timeout),
+            ("close_timeout", close_timeout),
+        )
+        for option, timeout in seconds:
+            if not _is_seconds(timeout):
+                raise ConfigurationError(
+                    f"{option} must be a number of seconds (0 or more), not {timeout!r}"
+                )
+        for option, flag in (("synchronous", synchronous), ("catalog", catalog)):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{option} must be True or False, not {flag!r}")
         if not isinstance(prefix, str):
             raise ConfigurationError(f"prefix must be a str, not {prefix!r}")
         if client is not None:
@@ -656,6 +670,16 @@ class Bus:
         if not self._closed:
             for group in list(self._groups.values()):
                 self._consumer(group).start()
+
+
+def _is_seconds(value: object) -> bool:
+    """Whether ``value`` is a finite number of seconds, 0 or more (a bool is not one)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def _left(deadline: float) -> float:

@@ -156,6 +156,7 @@ class GroupConsumer:
         self._log = log
         self._stopping = stopping
         self._created: set[bytes] = set()
+        self._reached: dict[bytes, str] = {}  # the last entry read, per stream
         self._errors: dict[tuple[bytes, str], str] = {}  # the last error, per failed entry
         self._next_pending_check = 0.0
         self._next_cleanup = time.monotonic() + _GONE_AFTER / 10
@@ -222,13 +223,18 @@ class GroupConsumer:
         for stream in streams.keys() - self._created:
             self._create(stream, "$" if self.group.start == "now" else "0")
 
-    def _create(self, stream: bytes, start: str) -> None:
+    def _create(self, stream: bytes, start: str) -> bool:
+        """Create the group on ``stream`` if it is not there; whether it was not."""
         try:
             self._client.xgroup_create(stream, self.group.name, id=start, mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            created = False
+        else:
+            created = True
         self._created.add(stream)
+        return created
 
     def _read_new(self, streams: Streams) -> None:
         """Handle what the group was not given yet; when there is nothing, wait for it."""
@@ -244,13 +250,22 @@ class GroupConsumer:
             if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
                 raise
             # The stream or the group went away (a restart without persistence, say):
-            # create it again from the start of what the stream holds now.
-            for stream in streams:
-                self._create(stream, "0")
+            # create it again from the start of what the stream holds now. What the
+            # group had not been given went with it: the member that finds out says so.
+            lost: dict[str, str] = {}
+            for stream, route in streams.items():
+                known = stream in self._created
+                if self._create(stream, "0") and known:
+                    lost.setdefault(route.channel, self._reached.get(stream, "0-0"))
+            for channel, reached in lost.items():
+                why = "the group was gone from Redis (its data lost, or the group deleted)"
+                self._gap(channel, reached, None, why)
             return
         for stream, found in cast(list[tuple[bytes, list[Any]]], replies or []):
             handled: list[str] = []
             oldest = 0.0
+            if found:
+                self._reached[stream] = found[-1][0].decode()
             for entry_id, fields in found:
                 if self._process(stream, streams, entry_id.decode(), fields, attempt=1):
                     handled.append(entry_id.decode())

@@ -78,11 +78,12 @@ class Keep(NamedTuple):
     max_count: bytes
     max_age_ms: int | None
 
-    def min_id(self, timestamp: float) -> bytes:
-        """The oldest entry id to keep, for an event sent at ``timestamp``."""
-        if self.max_age_ms is None:
-            return b"0"
-        return b"%d" % max(0, int(timestamp * 1000) - self.max_age_ms)
+    @property
+    def max_age_arg(self) -> bytes:
+        """The age limit as the publish script takes it, in ms ("0": none). The script
+        finds the oldest id to keep by the server's clock, which made the ids: a
+        sender's clock running ahead must not trim what is still young."""
+        return b"0" if self.max_age_ms is None else b"%d" % max(1, self.max_age_ms)
 
 
 def keep_for(prefix: str, channel: str, history: History | None) -> Keep | None:
@@ -105,7 +106,8 @@ def epoch_key(prefix: str) -> bytes:
 
 
 # KEYS are the streams of the batch. ARGV holds, per stream in KEYS order, its max
-# count and min id ("0": no age limit); then, per event, its stream's index (0: not
+# count and max age in ms ("0": no age limit; the script turns it into the oldest id
+# to keep by the server's clock, which made the ids); then, per event, its stream's index (0: not
 # kept), its channel and its envelope (signed or not). Errors are returned per event
 # (pcall), so one refused event never undoes or stops the others; an event whose
 # PUBLISH is refused is taken out of its stream again. Each stream is trimmed once per
@@ -189,6 +191,14 @@ local function trim(key, max_count, min_id)
   return warning
 end
 
+-- The oldest id to keep for an age limit in ms ('0': none), by the server's clock.
+local function min_id_for(max_age)
+  if max_age == '0' then return '0' end
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  return string.format('%d', math.max(0, ms - tonumber(max_age)))
+end
+
 local streams = #KEYS
 local out = {}
 for a = 2 * streams + 1, #ARGV, 3 do
@@ -213,7 +223,7 @@ for a = 2 * streams + 1, #ARGV, 3 do
 end
 local warnings = {}
 for s = 1, streams do
-  local ok, warning = pcall(trim, KEYS[s], tonumber(ARGV[2 * s - 1]), ARGV[2 * s])
+  local ok, warning = pcall(trim, KEYS[s], tonumber(ARGV[2 * s - 1]), min_id_for(ARGV[2 * s]))
   if not ok then warning = KEYS[s] .. ': trimming failed: ' .. tostring(warning) end
   if warning then warnings[#warnings + 1] = warning end
 end

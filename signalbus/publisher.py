@@ -70,7 +70,7 @@ class Confirmation:
     ``error`` why Redis refused that one.
     """
 
-    __slots__ = ("done", "error", "event", "lost", "lost_before")
+    __slots__ = ("done", "error", "event", "lost", "lost_before", "written")
 
     def __init__(self, lost_before: int, event: Outgoing | None = None) -> None:
         self.done = threading.Event()
@@ -78,6 +78,9 @@ class Confirmation:
         self.lost = False
         self.event = event
         self.error: Exception | None = None
+        self.written = False
+        """Whether ``event`` was written once already (then put back after a failure):
+        the server may have it, and publish it, even if it is taken back."""
 
 
 _Item = Outgoing | Confirmation
@@ -150,15 +153,42 @@ class Publisher:
         self._queue.put(event)
         if confirmation is not None:
             self._queue.put(confirmation)
-        if self._thread is None:
+        if self._stopping.is_set():  # close() began: the thread may be gone already
+            self._left_behind(event, confirmation)
+        elif self._thread is None:
             self._start()
         return True
+
+    def _left_behind(self, event: Outgoing, confirmation: Confirmation | None) -> None:
+        """Count ``event``, placed while the bus was closing, as dropped, unless the
+        thread published it or :meth:`close` counted it already (whoever takes it out
+        of the queue first)."""
+        if not self._queue.withdraw(event):
+            return
+        if confirmation is not None:
+            self._queue.withdraw(confirmation)
+            self._fail(confirmation)
+        self._lost += 1
+        self._stats.add("dropped")
+        self._log.warning(
+            "closed-unpublished",
+            "an event of channel %r was sent while the bus was closing, and not published",
+            event[0].decode(errors="replace"),
+        )
+
+    @staticmethod
+    def _fail(confirmation: Confirmation) -> None:
+        confirmation.lost = True
+        if confirmation.event is not None:
+            confirmation.error = PublishError("the bus was closed before it was published")
+        confirmation.done.set()
 
     def _write_directly(self, event: Outgoing, confirmation: Confirmation | None) -> bool:
         """Write ``event`` now if it is small and the socket idle; the thread reads the reply."""
         if not (
             self._healthy
             and self._thread is not None
+            and not self._stopping.is_set()
             and not self._unanswered
             and not len(self._queue)
             and len(event[1]) <= DIRECT_WRITE_LIMIT
@@ -168,7 +198,8 @@ class Publisher:
         if not self._write_lock.acquire(blocking=False):
             return False
         try:
-            if len(self._queue) or self._unanswered:
+            # close() sets stopping, then collects what is unanswered under this lock
+            if len(self._queue) or self._unanswered or self._stopping.is_set():
                 return False
             self._connection.write([event])
             self._unanswered.append([event] if confirmation is None else [event, confirmation])
@@ -230,6 +261,7 @@ class Publisher:
                 self._write_lock.release()
         if withdrawn:
             self._queue.withdraw(confirmation)
+        if withdrawn and not confirmation.written:
             raise PublishError(
                 f"signal {channel!r}: Redis did not take the event within {self.block_timeout}s "
                 f"(last error: {self._last_error}); nothing was delivered"
@@ -244,6 +276,10 @@ class Publisher:
         if any event queued since the previous flush was refused or given up."""
         if self._thread is None and not len(self._queue):
             return True
+        if self._stopping.is_set():  # closing or closed: no thread will answer
+            flushed = not len(self._queue) and not self._unanswered
+            lost, self._reported_lost = self._lost != self._reported_lost, self._lost
+            return flushed and not lost
         confirmation = Confirmation(self._reported_lost)
         self._queue.put(confirmation)
         if self._thread is None:
@@ -265,7 +301,12 @@ class Publisher:
         locked = self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
         try:
             unanswered = [item for batch in list(self._unanswered) for item in batch]
-            left = [item for item in unanswered + self._queue.clear() if isinstance(item, tuple)]
+            items = unanswered + self._queue.clear()
+            left = [item for item in items if isinstance(item, tuple)]
+            self._lost += len(left)
+            for item in items:
+                if isinstance(item, Confirmation):
+                    self._fail(item)  # a flush() or synchronous send() racing close()
             if locked:
                 self._connection.close()
         finally:
@@ -376,6 +417,9 @@ class Publisher:
             self._connection.close()  # no reply of the old connection can be misread
             items = [item for batch in self._unanswered for item in batch]
             self._unanswered.clear()
+            for item in items:
+                if isinstance(item, Confirmation):
+                    item.written = True  # a synchronous send: see confirm()
             self._queue.put_front(items)
 
     def _give_up(self, batch: list[_Item], cause: BaseException | None) -> None:

@@ -16,7 +16,6 @@ import inspect
 import os
 import re
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -355,13 +354,12 @@ class PublishConnection:
         streams: dict[bytes, int] = {}
         retention: list[bytes] = []
         per_event: list[bytes] = []
-        now = time.time()
         for channel, data, keep in events:
             index = 0
             if keep is not None:
                 index = streams.setdefault(keep.stream_key, len(streams) + 1)
                 if index > len(retention) // 2:
-                    retention += (keep.max_count, keep.min_id(now))
+                    retention += (keep.max_count, keep.max_age_arg)
             per_event += (_cached_bulk(b"%d" % index), _cached_bulk(channel), *_bulk_parts(data))
         head = [b"EVALSHA", PUBLISH_SCRIPT_SHA, b"%d" % len(streams), *streams, *retention]
         size = len(head) + 3 * len(events)
@@ -385,13 +383,17 @@ class PublishConnection:
         except NETWORK_ERRORS as exc:
             self._failed = True
             raise TransportError(f"publishing to Redis failed: {exc}") from exc
+        if isinstance(load_reply, Exception):
+            # Refused (an ACL without SCRIPT, say): the EVALSHA after it then finds no
+            # script, which is not a flushed cache to start again for. Try loading
+            # again with the next batch.
+            self._script_loaded = False
+            return [load_reply] * len(events)
         if isinstance(reply, NoScriptError):
             # The server's script cache was flushed: start again on a fresh connection.
             raise TransportError(f"the history script is gone from the server: {reply}")
         if isinstance(reply, Exception):  # the script as a whole was refused
             return [reply] * len(events)
-        if isinstance(load_reply, Exception):
-            return [load_reply] * len(events)
         results, warnings = reply
         for warning in warnings:
             self._on_trim_warning(warning.decode(errors="replace"))
