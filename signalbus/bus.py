@@ -566,7 +566,7 @@ class Bus:
             self._group_signals = {**self._group_signals, group.name: by_stream}
         consumer = self._consumer(group)
         route = Route(signal.channel, dead_letter_key(self.prefix, signal.channel, group.name))
-        consumer.prepare(dict.fromkeys(streams, route))
+        consumer.prepare(dict.fromkeys(streams, route), self.subscribe_timeout)
         consumer.start()
 
     def _consumer(self, group: Group) -> GroupConsumer:

@@ -209,18 +209,38 @@ class GroupConsumer:
                 logger.exception("signalbus group %r: unexpected error; going on", self.group.name)
                 backoff.wait()
 
-    def prepare(self, streams: Streams) -> None:
+    def prepare(self, streams: Streams, timeout: float) -> None:
         """Create the group on ``streams`` now, so that ``connect()`` returns with it in
-        place; if Redis cannot be reached, the thread creates it later."""
-        try:
-            self._create_missing(streams)
-        except NETWORK_ERRORS as exc:
-            self._log.warning(
-                f"group:{self.group.name}", "group %r cannot reach Redis: %s", self.group.name, exc
-            )
+        place; waits at most ``timeout`` (a thread of its own does the I/O). If Redis
+        cannot be reached, or is slow to answer, the group's thread creates it later;
+        a refusal (an ACL) is raised."""
+        refused: list[Exception] = []
+
+        def create() -> None:
+            try:
+                self._create_missing(streams)
+            except NETWORK_ERRORS as exc:
+                self._log.warning(
+                    f"group:{self.group.name}",
+                    "group %r cannot reach Redis: %s",
+                    self.group.name,
+                    exc,
+                )
+            except Exception as exc:
+                refused.append(exc)
+
+        creating = threading.Thread(
+            target=create, name=f"signalbus-group-{self.group.name}-create", daemon=True
+        )
+        creating.start()
+        creating.join(timeout)
+        if refused:
+            raise refused[0]
 
     def _create_missing(self, streams: Streams) -> None:
-        for stream in streams.keys() - self._created:
+        with self._lock:  # the group's thread and a connect() may both be here
+            missing = streams.keys() - self._created
+        for stream in missing:
             self._create(stream, "$" if self.group.start == "now" else "0")
 
     def _create(self, stream: bytes, start: str) -> bool:
@@ -233,7 +253,8 @@ class GroupConsumer:
             created = False
         else:
             created = True
-        self._created.add(stream)
+        with self._lock:
+            self._created.add(stream)
         return created
 
     def _read_new(self, streams: Streams) -> None:

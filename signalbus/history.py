@@ -105,6 +105,25 @@ def epoch_key(prefix: str) -> bytes:
     return f"{prefix}signalbus:epoch".encode()
 
 
+# KEYS[1] is the epoch key, ARGV[1] a random value for it, if it is not there: the value
+# made is that, a colon, and the server's time in milliseconds, when the data began.
+EPOCH_SCRIPT = """
+local value = redis.call('GET', KEYS[1])
+if not value then
+  local now = redis.call('TIME')
+  value = ARGV[1] .. ':' .. now[1] .. string.format('%03d', math.floor(now[2] / 1000))
+  redis.call('SET', KEYS[1], value)
+end
+return value
+"""
+
+
+def epoch_made(epoch: bytes) -> int | None:
+    """When the data named by ``epoch`` began: milliseconds by the server's clock."""
+    _, _, milliseconds = epoch.rpartition(b":")
+    return int(milliseconds) if milliseconds.isdigit() else None
+
+
 # KEYS are the streams of the batch. ARGV holds, per stream in KEYS order, its max
 # count and max age in ms ("0": no age limit; the script turns it into the oldest id
 # to keep by the server's clock, which made the ids); then, per event, its stream's index (0: not

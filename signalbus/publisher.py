@@ -198,8 +198,14 @@ class Publisher:
         if not self._write_lock.acquire(blocking=False):
             return False
         try:
-            # close() sets stopping, then collects what is unanswered under this lock
-            if len(self._queue) or self._unanswered or self._stopping.is_set():
+            # close() sets stopping, then collects what is unanswered under this lock;
+            # the thread closes a failed connection under it: a write now starts none.
+            if (
+                len(self._queue)
+                or self._unanswered
+                or self._stopping.is_set()
+                or not self._connection.ready
+            ):
                 return False
             self._connection.write([event])
             self._unanswered.append([event] if confirmation is None else [event, confirmation])

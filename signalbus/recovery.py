@@ -43,7 +43,7 @@ import redis
 
 from .codec import Codec, Envelope
 from .errors import DecodingError
-from .history import decoded, entries, epoch_key
+from .history import EPOCH_SCRIPT, decoded, entries, epoch_key, epoch_made
 from .stats import Stats, ThrottledLog
 from .transport import NETWORK_ERRORS, Backoff
 
@@ -302,7 +302,9 @@ class Recovery:
         if subscribed.epoch is not None and epoch is not None and epoch != subscribed.epoch:
             self._gap(channel, format_id(start), state.first_id, _LOST_DATA)
         elif subscribed.late:
-            if _trimmed_past(state, start):
+            if _made_after(epoch, start, state):
+                self._gap(channel, format_id(start), state.first_id, _LOST_DATA)
+            elif _trimmed_past(state, start):
                 self._gap(channel, format_id(start), state.first_id, _NOT_BACK_TO_SUBSCRIBING)
             yield from self._kept(channel, stream, format_id(start))
 
@@ -349,11 +351,10 @@ class Recovery:
         pipeline.xinfo_stream(stream)
         # Made by the first bus to ask; it disappears with the data, as a restart
         # without persistence or a flush does. Refused by an ACL: no epoch to compare.
-        pipeline.set(self._epoch_key, os.urandom(8).hex(), nx=True)
-        pipeline.get(self._epoch_key)
+        pipeline.eval(EPOCH_SCRIPT, 1, self._epoch_key, os.urandom(8).hex())
         for command in commands:
             command(pipeline)
-        info, _, epoch, *rest = pipeline.execute(raise_on_error=False)
+        info, epoch, *rest = pipeline.execute(raise_on_error=False)
         if isinstance(info, redis.ResponseError) and "no such key" in str(info):
             info = None
         for reply in (info, *rest):
@@ -389,6 +390,16 @@ class Recovery:
 
 _LOST_DATA = "Redis lost its data since (a restart without persistence, or a flush)"
 _NOT_BACK_TO_SUBSCRIBING = "its history no longer reaches back to when this process subscribed"
+
+
+def _made_after(epoch: bytes | None, start: StreamId, state: _Stream) -> bool:
+    """Whether Redis's data began after ``start``, as far as the stream can tell: the
+    epoch was made since, and the stream holds nothing older (else the epoch was only
+    first asked for late, and the data is older)."""
+    made = None if epoch is None else epoch_made(epoch)
+    if made is None or made <= start[0]:
+        return False
+    return state.first_id is None or state.first_id[0] >= made
 
 
 def _trimmed_past(state: _Stream, start: StreamId) -> bool:

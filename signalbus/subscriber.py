@@ -129,7 +129,7 @@ class Subscriber:
         if new and not self._conn.write(b"SUBSCRIBE", lambda: new, blocking=False):
             self._to_subscribe.extend(new)
         self.start()
-        if not unanswered:
+        if not unanswered and not self._stopping.is_set():  # stopped: no reader will answer
             for confirmation in waits:
                 confirmation.wait(max(0.0, deadline - time.monotonic()))
         with self._lock:
@@ -297,7 +297,7 @@ class Subscriber:
 
     def _on_refusal(self, refusal: Refusal) -> None:
         """A SUBSCRIBE refused (the user's ACL) drops its channel, and tells who waits."""
-        if refusal.command in (b"SET", b"GET"):  # the data epoch, read before subscribing
+        if refusal.command == b"EVAL":  # the data epoch, read before subscribing
             self._log.warning(
                 "epoch-refused",
                 "Redis refused the bus's data epoch key (its ACL?): %s; a restart that loses "

@@ -36,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError, TransportError
-from .history import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
+from .history import EPOCH_SCRIPT, PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
 from .stats import logger
 
 __all__ = [
@@ -458,11 +458,10 @@ class SubscribeConnection:
             try:
                 self._conn.connect()
                 # What the data was when the subscriptions began, made if need be.
-                epoch = os.urandom(8).hex().encode()
-                self._owed.extend([(b"SET", None), (b"GET", None)])
+                self._owed.append((b"EVAL", None))
                 self._conn.send_packed_command(
-                    self._conn.pack_commands(
-                        [(b"SET", self._epoch_key, epoch, b"NX"), (b"GET", self._epoch_key)]
+                    self._conn.pack_command(
+                        b"EVAL", EPOCH_SCRIPT.encode(), b"1", self._epoch_key, os.urandom(8).hex()
                     ),
                     check_health=False,
                 )
@@ -532,7 +531,7 @@ class SubscribeConnection:
             raise TransportError(f"subscriber connection lost: {exc}") from exc
         if type(reply) is not list or reply[0] != b"message":
             command, _ = self._answered()
-            if command == b"GET":
+            if command == b"EVAL":
                 self.epoch = reply
         return reply
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from signalbus import Bus
+from signalbus import Bus, history_gap
 from signalbus.testing import RedisServer
 
 from .helpers import Child, run_cli
@@ -105,3 +105,23 @@ def start_child() -> Iterator[Callable[..., Child]]:
     yield start
     for child in started:
         child.kill()
+
+
+@pytest.fixture
+def gaps() -> Iterator[list[dict[str, Any]]]:
+    """What ``signalbus.history_gap`` reports while the test runs: its keyword
+    arguments, with the sending bus as ``bus``."""
+    reported: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        reported.append({"bus": sender, **kwargs})
+
+    with history_gap.connected_to(receiver):
+        yield reported
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A loopback port whose listener takes connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -420,13 +419,6 @@ def test_a_batch_that_fails_for_another_reason_than_the_network_is_given_up(
     assert "RuntimeError: a planted bug" in caplog.text
 
 
-@pytest.fixture
-def silent_url() -> Iterator[str]:
-    """A loopback port whose listener takes connections and never answers."""
-    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
-        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-
-
 def test_calls_against_a_server_that_never_answers_keep_their_timeouts(
     silent_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -470,3 +462,14 @@ def test_a_value_whose_encoding_sends_an_event_does_not_deadlock(
     assert done.wait(10)
     assert audited.wait(1) == [("codec", {"user_id": 7})]
     assert logged_in.wait(1) == [("web", {"user": 7})]
+
+
+def test_connect_in_a_process_that_stopped_receiving_does_not_wait(
+    make_bus: Callable[..., Bus],
+) -> None:
+    """A gunicorn --preload master stops receiving once it forked its workers: a receiver
+    connected there afterwards gets no confirmation, and connect() does not wait for one."""
+    bus = make_bus(subscribe_timeout=10)
+    bus._stop_receiving()
+    signal = Namespace("auth", bus=bus).signal("logged-in")
+    assert _timed(lambda: signal.connect(Recorder())) < 1.0

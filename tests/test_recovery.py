@@ -17,7 +17,7 @@ import msgpack
 import pytest
 import redis
 
-from signalbus import Bus, Namespace, Signal, history_gap
+from signalbus import Bus, Namespace, Signal
 from signalbus.codec import Codec, Envelope
 from signalbus.history import PUBLISH_SCRIPT
 from signalbus.recovery import MAX_SENDERS, Recovery
@@ -40,18 +40,6 @@ def listen(bus: Bus, ledger: Ledger) -> Signal:
     signal = Namespace("auth", bus=bus).signal("logged-in")
     signal.connect(ledger.receiver)
     return signal
-
-
-@pytest.fixture
-def gaps() -> Iterator[list[dict[str, Any]]]:
-    """What history_gap reports while the test runs."""
-    reported: list[dict[str, Any]] = []
-
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        reported.append({"bus": sender, **kwargs})
-
-    with history_gap.connected_to(receiver):
-        yield reported
 
 
 @pytest.fixture

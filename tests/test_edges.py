@@ -1,11 +1,10 @@
-"""Regression tests from a review of issue 11's fixes: paths the rest of the suite does
-not walk (a closed bus, a send racing close(), options of the wrong type, an ACL
-without SCRIPT, Redis losing its data around an unconfirmed connect())."""
+"""Paths the rest of the suite does not walk: a closed bus, a send racing close(), options
+of the wrong type, an ACL without scripting, Redis losing its data around an unconfirmed
+connect(), a sender whose clock runs ahead, a group receiver against a silent server."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,22 +20,10 @@ from signalbus import (
     Namespace,
     PublishError,
     SignalBusError,
-    history_gap,
 )
 from signalbus.testing import Ledger, Proxy, RedisServer
 
 from .helpers import Recorder, wait_for
-
-
-@pytest.fixture
-def gaps() -> Iterator[list[dict[str, Any]]]:
-    reported: list[dict[str, Any]] = []
-
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        reported.append(kwargs)
-
-    with history_gap.connected_to(receiver):
-        yield reported
 
 
 def test_flush_on_a_closed_bus_returns_at_once(make_bus: Callable[..., Bus]) -> None:
@@ -139,11 +126,6 @@ def test_a_user_who_may_not_load_the_script_gets_its_events_refused_not_retried_
         assert "script" in caplog.text.lower() and "permission" in caplog.text.lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the receiver first reads the data epoch after the loss: it needs to know when "
-    "the epoch was made (server time) and report a gap if that is after connect() gave up",
-)
 def test_redis_losing_its_data_before_an_unconfirmed_subscription_is_made_is_reported(
     own_server: RedisServer, prefix: str, gaps: list[dict[str, Any]]
 ) -> None:
@@ -266,19 +248,6 @@ def test_a_synchronous_send_never_says_nothing_was_delivered_of_an_event_it_wrot
         assert "nothing was delivered" not in str(raised.value)
 
 
-@pytest.fixture
-def silent_url() -> Iterator[str]:
-    """A loopback port whose listener takes connections and never answers."""
-    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
-        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="Bus._join -> GroupConsumer.prepare runs XGROUP CREATE in the caller with the "
-    "command client's 10 s socket timeout; it must be made by a thread and waited for at "
-    "most subscribe_timeout",
-)
 def test_connecting_a_group_receiver_keeps_to_subscribe_timeout(
     silent_url: str, prefix: str
 ) -> None:
