@@ -135,6 +135,8 @@ class _Anchor(NamedTuple):
     """Entries ever added to it then (None: Redis before 7.0 does not tell)."""
     epoch: bytes | None
     """The server's data epoch then (see :func:`signalbus.history.epoch_key`)."""
+    run_id: str | None = None
+    """The server process then (None: INFO refused)."""
 
 
 @dataclasses.dataclass
@@ -147,6 +149,29 @@ class _Position:
     floor: StreamId | None = None
     """Where its events began, by the server's clock, until the first catch-up: what
     came between that and the anchor arrived live, unless the connection dropped."""
+
+
+class _Server(NamedTuple):
+    """The server process, and whether it keeps an append-only file."""
+
+    run_id: str | None
+    aof: bool
+
+    @classmethod
+    def of(cls, about: Any, persistence: Any) -> _Server:
+        if isinstance(about, Exception) or isinstance(persistence, Exception):
+            return cls(None, True)  # INFO refused (an ACL): nothing to tell
+        return cls(str(about.get("run_id")), bool(persistence.get("aof_enabled")))
+
+    def restored_since(self, anchor: _Anchor) -> bool:
+        """Whether the server restarted since ``anchor`` and, its data kept (the same
+        epoch), loaded it from a snapshot: what was written after that is gone."""
+        return (
+            anchor.run_id is not None
+            and self.run_id is not None
+            and self.run_id != anchor.run_id
+            and not self.aof
+        )
 
 
 class _Stream(NamedTuple):
@@ -284,10 +309,10 @@ class Recovery:
     def _start(
         self, channel_key: bytes, channel: str, stream: bytes, subscribed: Subscribed
     ) -> Iterator[Envelope]:
-        info, epoch, (seconds, microseconds) = self._state(stream, [_time])
+        info, epoch, server, (seconds, microseconds) = self._state(stream, [_time])
         state = _Stream.of(info)
         position = self._positions[channel_key] = _Position(
-            _Anchor(state.last_id, state.added, epoch)
+            _Anchor(state.last_id, state.added, epoch, server.run_id)
         )
         # The server's clock at ``since``, to the millisecond. After connect() gave up
         # waiting, from the one before: what was sent just after it returned must not
@@ -315,9 +340,14 @@ class Recovery:
         last = position.last
         last_id = None if last is None else last.stream_id
         checks = last_id is not None and _parse_or_none(last_id) is not None
-        info, epoch, *held = self._state(stream, [_entry(stream, last_id)] if checks else [])
+        info, epoch, server, *held = self._state(
+            stream, [_entry(stream, last_id)] if checks else []
+        )
         state = _Stream.of(info)
         same_data = None in (epoch, position.anchor.epoch) or epoch == position.anchor.epoch
+        restored = same_data and server.restored_since(position.anchor)
+        if restored:
+            self._gap(channel, last_id or format_id(position.anchor.last_id), None, _RESTORED)
         if last is not None and checks and self._holds(held[0], last):
             yield from self._kept(channel, stream, f"({last_id}")
         elif checks and same_data and last_id == format_id(state.last_id):
@@ -327,7 +357,9 @@ class Recovery:
             why = _loss(anchor, state, epoch)
             if why is None and floor is not None and _trimmed_past(state, floor):
                 why = _NOT_BACK_TO_SUBSCRIBING
-            if why is not None:
+            if restored:  # what the restart lost was said above
+                pass
+            elif why is not None:
                 self._gap(channel, last_id or format_id(anchor.last_id), state.first_id, why)
             elif last_id is not None:  # not lost, not held: an id the stream never gave it
                 self._stats.add("invalid")
@@ -341,26 +373,30 @@ class Recovery:
                 )
             after = f"({format_id(anchor.last_id)}" if floor is None else format_id(floor)
             yield from self._kept(channel, stream, after)
-        position.anchor = _Anchor(state.last_id, state.added, epoch)
+        position.anchor = _Anchor(state.last_id, state.added, epoch, server.run_id)
         position.floor = None
 
     def _state(self, stream: bytes, commands: list[Callable[[Any], object]]) -> list[Any]:
-        """The stream's XINFO and the data epoch, then ``commands``' replies, in one
-        round trip. A refused command raises, but XINFO of an absent stream is None."""
+        """The stream's XINFO, the data epoch and the :class:`_Server`, then
+        ``commands``' replies, in one round trip. A refused command raises, but XINFO
+        of an absent stream is None, and a refused epoch or INFO is unknown."""
         pipeline = self._client.pipeline(transaction=False)
         pipeline.xinfo_stream(stream)
         # Made by the first bus to ask; it disappears with the data, as a restart
         # without persistence or a flush does. Refused by an ACL: no epoch to compare.
         pipeline.eval(EPOCH_SCRIPT, 1, self._epoch_key, os.urandom(8).hex())
+        pipeline.info("server")
+        pipeline.info("persistence")
         for command in commands:
             command(pipeline)
-        info, epoch, *rest = pipeline.execute(raise_on_error=False)
+        info, epoch, about, persistence, *rest = pipeline.execute(raise_on_error=False)
         if isinstance(info, redis.ResponseError) and "no such key" in str(info):
             info = None
         for reply in (info, *rest):
             if isinstance(reply, Exception):
                 raise reply
-        return [info, None if isinstance(epoch, Exception) else epoch, *rest]
+        server = _Server.of(about, persistence)
+        return [info, None if isinstance(epoch, Exception) else epoch, server, *rest]
 
     def _holds(self, found: list[tuple[bytes, dict[bytes, bytes]]], last: Envelope) -> bool:
         """Whether the entry ``found`` at ``last``'s stream id is that very event."""
@@ -390,6 +426,10 @@ class Recovery:
 
 _LOST_DATA = "Redis lost its data since (a restart without persistence, or a flush)"
 _NOT_BACK_TO_SUBSCRIBING = "its history no longer reaches back to when this process subscribed"
+_RESTORED = (
+    "Redis restarted from a snapshot (RDB, no AOF): what was sent between that snapshot and "
+    "the restart is gone"
+)
 
 
 def _made_after(epoch: bytes | None, start: StreamId, state: _Stream) -> bool:

@@ -265,13 +265,6 @@ def test_connecting_a_group_receiver_keeps_to_subscribe_timeout(
     assert took < 2.0, took
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the data epoch survives in the snapshot, and the receiver's last event is "
-    "held by the restored stream: nothing it compares tells that the stream went back; "
-    "it needs a sign of each server start that loaded older data (e.g. the run_id with "
-    "the stream's entries-added at that start)",
-)
 def test_redis_restarted_from_an_older_snapshot_reports_what_it_lost(
     own_server: RedisServer, prefix: str, gaps: list[dict[str, Any]]
 ) -> None:
