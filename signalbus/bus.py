@@ -307,9 +307,7 @@ class Bus:
         # Encoded before numbering: what the codec runs (a registered type's encode, a
         # model's serializers) may take time, or send events itself, and must do so
         # without holding up, or deadlocking on, the lock below.
-        body = self.codec.encode_body(
-            channel=channel, sender=sender, kwargs=kwargs, timestamp=timestamp, origin=self.origin
-        )
+        body = self.codec.encode_body(channel, sender, kwargs, timestamp, self.origin)
         confirmation = None
         deadline = time.monotonic() + publisher.block_timeout  # send() waits no longer
         while True:

@@ -121,27 +121,23 @@ def head(token: bytes) -> bytes:
     return ENVELOPE_HEAD + token
 
 
-_LARGEST_NUMBER = 9  # a msgpack uint64
-
-
 def seal(head: bytes, seq: int, body: bytes) -> bytes:
-    """The event numbered ``seq``: its bus's ``head``, the number, then its ``body``
-    (from :meth:`Codec.encode_body`), one msgpack array of eight fields."""
+    """The event numbered ``seq``: its bus's ``head``, the number, then ``body`` (from
+    :meth:`Codec.encode_body`) without its own array head: one msgpack array of eight."""
     if seq < 0x80:
         number = _FIXINT[seq]
-    elif seq < 1 << 16:
-        number = _UINT16.pack(0xCD, seq)
     elif seq < 1 << 32:
-        number = _UINT32.pack(0xCE, seq)
+        number = _UINT32(0xCE, seq)
     else:
-        number = _UINT64.pack(0xCF, seq)
-    return b"".join((head, number, body))
+        number = _UINT64(0xCF, seq)
+    return head + number + body[1:]
 
 
 _FIXINT = [bytes([n]) for n in range(0x80)]
-_UINT16 = struct.Struct(">BH")
-_UINT32 = struct.Struct(">BI")
-_UINT64 = struct.Struct(">BQ")
+_UINT32 = struct.Struct(">BI").pack
+_UINT64 = struct.Struct(">BQ").pack
+# What sealing adds to a body at most: the head and token, a uint64, less the body's head.
+_SEALING = len(ENVELOPE_HEAD) + TOKEN_SIZE + 9 - 1
 
 
 def event_id(token_hex: str, seq: int) -> str:
@@ -233,6 +229,7 @@ class Codec:
         from .signing import Signer  # it builds on this module's envelope layout
 
         self.max_message_size = max_message_size
+        self._largest_body = max_message_size - _SEALING
         self.signer = signer if signer is not None else Signer(())
         self._sender_names: dict[int, str] = {}
         self._senders_by_name: dict[str, Any] = {}
@@ -317,13 +314,10 @@ class Codec:
         origin: str,
     ) -> bytes:
         """The event as bytes; raises :class:`EncodingError` naming what cannot travel."""
-        body = self.encode_body(
-            channel=channel, sender=sender, kwargs=kwargs, timestamp=timestamp, origin=origin
-        )
-        return seal(head(token), seq, body)
+        return seal(head(token), seq, self.encode_body(channel, sender, kwargs, timestamp, origin))
 
     def encode_body(
-        self, *, channel: str, sender: Any, kwargs: dict[str, Any], timestamp: float, origin: str
+        self, channel: str, sender: Any, kwargs: dict[str, Any], timestamp: float, origin: str, /
     ) -> bytes:
         """What follows the sending bus's token and number in the event: see :func:`seal`.
 
@@ -333,12 +327,11 @@ class Codec:
         """
         wire_sender = self._wire_sender(channel, sender)
         try:
-            packed = self._pack_envelope([channel, wire_sender, kwargs, timestamp, origin])
+            body = self._pack_envelope([channel, wire_sender, kwargs, timestamp, origin])
         except (TypeError, ValueError, OverflowError) as exc:
             raise self._explain(channel, kwargs, exc) from exc
-        body = packed[1:]  # the items, without their array's head (a fixarray of five)
-        size = len(body) + len(ENVELOPE_HEAD) + TOKEN_SIZE + _LARGEST_NUMBER
-        if size > self.max_message_size:
+        if len(body) > self._largest_body:
+            size = len(body) + _SEALING
             raise MessageTooLargeError(
                 f"signal {channel!r}: the event encodes to {size} bytes, over the bus's "
                 f"max_message_size of {self.max_message_size}; send an id or a reference "
