@@ -473,3 +473,27 @@ def test_connect_in_a_process_that_stopped_receiving_does_not_wait(
     bus._stop_receiving()
     signal = Namespace("auth", bus=bus).signal("logged-in")
     assert _timed(lambda: signal.connect(Recorder())) < 1.0
+
+
+def test_client_pause_holds_up_no_call_and_loses_nothing(
+    own_server: RedisServer, prefix: str
+) -> None:
+    """CLIENT PAUSE (every client, 2 s): connect() keeps to subscribe_timeout, send()
+    returns at once, and what was sent arrives once Redis answers again, in order."""
+    ledger = Ledger()
+    with (
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(own_server.url, prefix=prefix, subscribe_timeout=0.5) as receiver_bus,
+    ):
+        Namespace("auth", bus=receiver_bus).signal("logged-in").connect(ledger.receiver)
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        signal.send("web", n=0)
+        ledger.wait(1)
+        with own_server.client() as admin:
+            admin.client_pause(2000, all=True)
+        late = Namespace("auth", bus=receiver_bus).signal("late")
+        assert _timed(lambda: late.connect(Recorder())) < 1.5
+        took = [_timed(lambda n=n: signal.send("web", n=n)) for n in range(1, 100)]
+        assert max(took) < 0.5, max(took)
+        ledger.wait(100, timeout=20)
+        ledger.check_exactly_once_in_order(100)
