@@ -196,12 +196,7 @@ class GroupConsumer:
                 self._read_new(streams)
                 backoff.reset()
             except NETWORK_ERRORS as exc:
-                self._log.warning(
-                    f"group:{self.group.name}",
-                    "group %r cannot reach Redis: %s",
-                    self.group.name,
-                    exc,
-                )
+                self._unreachable(exc)
                 backoff.wait()
             except ConfigurationError:  # a server the bus cannot use (logged where found)
                 return
@@ -220,12 +215,7 @@ class GroupConsumer:
             try:
                 self._create_missing(streams)
             except NETWORK_ERRORS as exc:
-                self._log.warning(
-                    f"group:{self.group.name}",
-                    "group %r cannot reach Redis: %s",
-                    self.group.name,
-                    exc,
-                )
+                self._unreachable(exc)
             except Exception as exc:
                 refused.append(exc)
 
@@ -236,6 +226,11 @@ class GroupConsumer:
         creating.join(timeout)
         if refused:
             raise refused[0]
+
+    def _unreachable(self, exc: Exception) -> None:
+        self._log.warning(
+            f"group:{self.group.name}", "group %r cannot reach Redis: %s", self.group.name, exc
+        )
 
     def _create_missing(self, streams: Streams) -> None:
         with self._lock:  # the group's thread and a connect() may both be here

@@ -251,9 +251,9 @@ def test_a_synchronous_send_never_says_nothing_was_delivered_of_an_event_it_wrot
 def test_connecting_a_group_receiver_keeps_to_subscribe_timeout(
     silent_url: str, prefix: str
 ) -> None:
-    """connect(group=...) made the group in the caller's thread, waiting for the socket
-    timeout (10 s, twice: connecting, then the command) against a server that takes
-    connections and never answers, whatever subscribe_timeout said."""
+    """connect(group=...) keeps to subscribe_timeout against a server that takes
+    connections and never answers (it made the group in the caller's thread, and waited
+    the socket timeout, twice: connecting, then the command)."""
     url = silent_url + "?socket_timeout=3"  # 10 s by default; shorter for a quicker test
     bus = Bus(url, prefix=prefix, subscribe_timeout=1.0, close_timeout=1.0)
     signal = Namespace("auth", bus=bus).signal("logged-in")
@@ -269,8 +269,9 @@ def test_redis_restarted_from_an_older_snapshot_reports_what_it_lost(
     own_server: RedisServer, prefix: str, gaps: list[dict[str, Any]]
 ) -> None:
     """The usual persistence (RDB snapshots): a snapshot, 20 events the receiver misses
-    while cut off, a crash, a restart from the snapshot. The 20 are gone: no gap, no
-    counter, no log (the same loss as a restart without persistence, which is reported)."""
+    while cut off, a crash, a restart from the snapshot. The 20 are gone, and the receiver
+    must say so, as after a restart without persistence (it said nothing: the epoch and
+    its last event both survive in the snapshot; the server's run id tells)."""
     ledger = Ledger()
     with (
         Proxy(own_server.port) as proxy,
