@@ -138,6 +138,11 @@ _UINT32 = struct.Struct(">BI").pack
 _UINT64 = struct.Struct(">BQ").pack
 # What sealing adds to a body at most: the head and token, a uint64, less the body's head.
 _SEALING = len(ENVELOPE_HEAD) + TOKEN_SIZE + 9 - 1
+# What may be added to an event after it is sealed, and counts against a receiver's
+# max_message_size as much as the event: the stream entry id the server appends where
+# history keeps it (a str8 of at most 41 characters, "<uint64>-<uint64>"), and the
+# replay mark (one byte); on a signing bus, the signature too (see signalbus.signing).
+_APPENDED = 2 + 41 + 1
 
 
 def event_id(token_hex: str, seq: int) -> str:
@@ -226,11 +231,13 @@ class Codec:
     """
 
     def __init__(self, *, max_message_size: int, signer: Signer | None = None) -> None:
-        from .signing import Signer  # it builds on this module's envelope layout
+        from .signing import SIGNED_OFFSET, Signer  # it builds on this module's envelope layout
 
         self.max_message_size = max_message_size
-        self._largest_body = max_message_size - _SEALING
         self.signer = signer if signer is not None else Signer(())
+        # A receiver with the same limit must take whatever this bus sends.
+        self._overhead = _SEALING + _APPENDED + (SIGNED_OFFSET if self.signer.signs else 0)
+        self._largest_body = max_message_size - self._overhead
         self._sender_names: dict[int, str] = {}
         self._senders_by_name: dict[str, Any] = {}
         self._types_by_class: dict[type, _RegisteredType] = {}
@@ -331,9 +338,10 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise self._explain(channel, kwargs, exc) from exc
         if len(body) > self._largest_body:
-            size = len(body) + _SEALING
+            size = len(body) + self._overhead
             raise MessageTooLargeError(
-                f"signal {channel!r}: the event encodes to {size} bytes, over the bus's "
+                f"signal {channel!r}: the event takes up to {size} bytes on the wire (with "
+                "its number, signature and history entry id), over the bus's "
                 f"max_message_size of {self.max_message_size}; send an id or a reference "
                 "instead of the data, or raise max_message_size"
             )
