@@ -58,6 +58,13 @@ _ACK_DELAY = 0.002
 # A member that holds nothing and has not read for this long is gone (its process
 # ended): it is removed from the group, so the group's status lists live members.
 _GONE_AFTER = 3600.0
+# KEYS[1] is the stream, ARGV[1] the group, ARGV[2] how many milliseconds ago it was
+# asked for: the group is given what the stream got from then on, by the server's clock.
+_CREATE_SINCE = """
+local now = redis.call('TIME')
+local since = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[2])
+return redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], since .. '-0', 'MKSTREAM')
+"""
 _MAX_ERRORS = 10_000  # last errors kept for dead letters, of events failing here
 
 
@@ -156,6 +163,7 @@ class GroupConsumer:
         self._log = log
         self._stopping = stopping
         self._created: set[bytes] = set()
+        self._asked: dict[bytes, float] = {}  # when connect() asked for each stream
         self._reached: dict[bytes, str] = {}  # the last entry read, per stream
         self._errors: dict[tuple[bytes, str], str] = {}  # the last error, per failed entry
         self._next_pending_check = 0.0
@@ -210,6 +218,10 @@ class GroupConsumer:
         cannot be reached, or is slow to answer, the group's thread creates it later;
         a refusal (an ACL) is raised."""
         refused: list[Exception] = []
+        now = time.monotonic()
+        with self._lock:
+            for stream in streams:
+                self._asked.setdefault(stream, now)
 
         def create() -> None:
             try:
@@ -236,12 +248,28 @@ class GroupConsumer:
         with self._lock:  # the group's thread and a connect() may both be here
             missing = streams.keys() - self._created
         for stream in missing:
-            self._create(stream, "$" if self.group.start == "now" else "0")
+            self._create(stream, "0" if self.group.start == "beginning" else None)
 
-    def _create(self, stream: bytes, start: str) -> bool:
-        """Create the group on ``stream`` if it is not there; whether it was not."""
+    def _create(self, stream: bytes, start: str | None) -> bool:
+        """Create the group on ``stream`` if it is not there; whether it was not.
+
+        ``start`` None is "now": from when ``connect()`` asked for it, by the server's
+        clock, so that a group made late (Redis was away) misses nothing sent since.
+        """
         try:
-            self._client.xgroup_create(stream, self.group.name, id=start, mkstream=True)
+            if start is not None:
+                self._client.xgroup_create(stream, self.group.name, id=start, mkstream=True)
+            else:
+                with self._lock:
+                    asked = self._asked.get(stream, time.monotonic())
+                elapsed = int(1000 * (time.monotonic() - asked)) + 1
+                try:
+                    self._client.eval(_CREATE_SINCE, 1, stream, self.group.name, elapsed)
+                except redis.ResponseError as exc:
+                    if "BUSYGROUP" in str(exc):
+                        raise
+                    # No scripting for this user (its ACL): from now, when it is made.
+                    self._client.xgroup_create(stream, self.group.name, id="$", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise

@@ -120,8 +120,8 @@ return value
 
 def epoch_made(epoch: bytes) -> int | None:
     """When the data named by ``epoch`` began: milliseconds by the server's clock."""
-    _, _, milliseconds = epoch.rpartition(b":")
-    return int(milliseconds) if milliseconds.isdigit() else None
+    _, colon, milliseconds = epoch.rpartition(b":")
+    return int(milliseconds) if colon and milliseconds.isdigit() else None
 
 
 # KEYS are the streams of the batch. ARGV holds, per stream in KEYS order, its max
