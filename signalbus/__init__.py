@@ -5,6 +5,8 @@ call :func:`configure` once per process, and ``signal.send(...)`` in one process
 runs the receivers connected in all of them.
 """
 
+__version__ = "0.1.0.dev0"
+
 from .bus import Bus, configure
 from .errors import (
     ArgumentError,

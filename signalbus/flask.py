@@ -38,8 +38,15 @@ import types
 import weakref
 
 import click
-import flask
-import flask.cli
+
+try:
+    import flask
+    import flask.cli
+except ModuleNotFoundError as missing:  # the extra was not installed
+    raise ModuleNotFoundError(
+        f"signalbus.flask needs Flask ({missing}): pip install 'redis-signalbus[flask]'",
+        name=missing.name,
+    ) from None
 
 import signalbus
 

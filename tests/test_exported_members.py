@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
+import pathlib
 import pkgutil
 import subprocess
 import sys
@@ -74,3 +76,22 @@ def test_import_signalbus_stays_light() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_the_flask_extension_without_flask_says_which_extra_to_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['flask'] = None  # as if Flask were not installed\n"
+        "import signalbus.flask\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 1
+    assert "pip install 'redis-signalbus[flask]'" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("ModuleNotFoundError")
+
+
+def test_the_package_is_typed_and_versioned() -> None:
+    assert (pathlib.Path(signalbus.__file__).parent / "py.typed").is_file()
+    assert signalbus.__version__ == importlib.metadata.version("redis-signalbus")
