@@ -25,7 +25,7 @@ from .groups import Group
 from .history import History
 from .recovery import history_gap
 from .replay import ReplayReport
-from .signals import Namespace, Signal
+from .signals import Namespace, Signal, default_namespace, signal
 
 __all__ = [
     "ArgumentError",
@@ -47,5 +47,7 @@ __all__ = [
     "ValidationError",
     "configure",
     "current_event",
+    "default_namespace",
     "history_gap",
+    "signal",
 ]

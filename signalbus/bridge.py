@@ -20,7 +20,7 @@ import typing as t
 import blinker
 
 from .errors import ConfigurationError, SignalBusError, SubscribeError
-from .signals import Signal
+from .signals import Signal, split_channel
 from .stats import logger
 
 if t.TYPE_CHECKING:
@@ -77,11 +77,7 @@ class BridgedSignal(Signal):
     """The bus's side of an existing blinker signal: its channel, and its receivers."""
 
     def __init__(self, original: blinker.Signal, channel: str, bus: Bus) -> None:
-        namespace, dot, name = channel.rpartition(".")
-        if not (dot and namespace and name):
-            raise ConfigurationError(
-                f"bridge channel {channel!r} is not <namespace>.<signal>, e.g. auth.logged-in"
-            )
+        namespace, name = split_channel(channel)
         super().__init__(name, getattr(original, "__doc__", None), namespace=namespace, bus=bus)
         self.original = original
         original.connect(self._publish_local, weak=False)

@@ -69,7 +69,7 @@ from .event import Event
 from .groups import DeadLetter, GroupStatus
 from .history import ENTRY_ID, TimeBound
 from .replay import ReplayReport
-from .signals import Namespace, Signal
+from .signals import Namespace, Signal, split_channel
 from .transport import client_from_url, glob_escape, redacted
 
 __all__ = ["cli", "main"]
@@ -511,14 +511,11 @@ def _parse_values(values: Sequence[str]) -> dict[str, Any]:
 
 
 def _split_channel(channel: str) -> tuple[str, str]:
-    """CHANNEL's namespace and signal name: it is split at its last dot."""
-    namespace, dot, name = channel.rpartition(".")
-    if not (dot and namespace and name):
-        raise click.BadParameter(
-            f"{channel!r} is not <namespace>.<signal>, e.g. auth.logged-in",
-            param_hint="CHANNEL",
-        )
-    return namespace, name
+    """CHANNEL's namespace and signal name (see :func:`signalbus.signals.split_channel`)."""
+    try:
+        return split_channel(channel)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="CHANNEL") from None
 
 
 def _root_cause(exc: BaseException) -> BaseException:

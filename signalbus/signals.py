@@ -24,13 +24,25 @@ from .history import HistoryOption, Keep, TimeBound
 from .replay import ReplayReport
 from .schema import check_schema, validated
 
-__all__ = ["Namespace", "Signal"]
+__all__ = ["Namespace", "Signal", "default_namespace", "signal", "split_channel"]
 
 F = t.TypeVar("F", bound=c.Callable[..., t.Any])
 
 
 def _caller_module(depth: int) -> str:
     return str(sys._getframe(depth + 1).f_globals.get("__name__", "__main__"))
+
+
+def split_channel(channel: str) -> tuple[str, str]:
+    """The namespace and the signal name of ``channel``, split at its last dot (a channel
+    without one is a signal of :data:`default_namespace`, whose channel is its name)."""
+    namespace, dot, name = channel.rpartition(".") if isinstance(channel, str) else ("", "", "")
+    if not name or (dot and not namespace):
+        raise ConfigurationError(
+            f"{channel!r} is not a channel name: <namespace>.<signal> (auth.logged-in) or a "
+            "signal name alone (logged-in)"
+        )
+    return namespace, name
 
 
 def _check_options(name: str, options: dict[str, t.Any]) -> None:
@@ -91,7 +103,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
             raise ConfigurationError(f"a signal's name must be a non-empty str, not {name!r}")
         super().__init__(name, doc)
         self.namespace = namespace if namespace is not None else _caller_module(1)
-        self.channel = f"{self.namespace}.{name}"
+        self.channel = f"{self.namespace}.{name}" if self.namespace else name
         if schema is not None:
             check_schema(schema, self.channel)
         self.schema = schema
@@ -399,3 +411,15 @@ class Namespace(blinker.Namespace):
             )
             return t.cast(Signal, self.setdefault(name, created))
         return t.cast(Signal, existing)
+
+
+default_namespace = Namespace("")
+"""blinker's module-level namespace: its signals' channels are their names alone."""
+
+
+def signal(name: str, doc: str | None = None) -> Signal:
+    """The signal called ``name`` (made on first use), as ``blinker.signal``: the same
+    signal for the same name, whose channel is the name itself, so that
+    ``signal("auth.logged-in")`` and ``Namespace("auth").signal("logged-in")`` are one
+    signal between processes."""
+    return default_namespace.signal(name, doc)

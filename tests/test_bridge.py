@@ -97,5 +97,5 @@ def test_bad_bridges_are_refused(make_bus: Callable[..., Bus]) -> None:
     bus = make_bus()
     with pytest.raises(ConfigurationError, match="no bridge needed"):
         bus.bridge(Namespace("auth", bus=bus).signal("logged-in"))
-    with pytest.raises(ConfigurationError, match="namespace"):
-        bus.bridge(plain, "plain")
+    with pytest.raises(ConfigurationError, match="not a channel name"):
+        bus.bridge(plain, ".plain")

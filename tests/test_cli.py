@@ -251,7 +251,7 @@ def test_send_splits_the_channel_at_its_last_dot_and_takes_options_after_the_com
     assert received.wait(1) == [(None, {})]
 
 
-@pytest.mark.parametrize("channel", ["logged-in", ".logged-in", "auth."])
+@pytest.mark.parametrize("channel", [".logged-in", "auth.", ""])
 @pytest.mark.parametrize(
     ("command", "options"),
     [
@@ -262,7 +262,7 @@ def test_send_splits_the_channel_at_its_last_dot_and_takes_options_after_the_com
         ("dead-letters", ["--group", "mailer"]),
     ],
 )
-def test_commands_reject_a_channel_that_is_not_namespace_dot_signal(
+def test_commands_reject_what_is_not_a_channel_name(
     unreachable_url: str,
     capsys: pytest.CaptureFixture[str],
     channel: str,
@@ -271,7 +271,7 @@ def test_commands_reject_a_channel_that_is_not_namespace_dot_signal(
 ) -> None:
     code, out, err = run_cli(capsys, "--url", unreachable_url, command, channel, *options)
     assert (code, out) == (2, "")
-    assert f"Invalid value for CHANNEL: {channel!r} is not <namespace>.<signal>" in err
+    assert f"Invalid value for CHANNEL: {channel!r} is not a channel name" in err
 
 
 @pytest.mark.parametrize(

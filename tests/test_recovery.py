@@ -447,9 +447,10 @@ def test_events_sent_after_an_unconfirmed_connect_are_delivered_once_subscribed(
     cut_off: Callable[..., CutOff], proxy: Proxy
 ) -> None:
     """connect() gives up waiting while Redis is unreachable; what is sent from then
-    until the subscription is made comes from history."""
+    until the subscription is made comes from history. (What was sent in the last
+    millisecond or two before it gave up may come too: the moment is taken by the
+    server's clock, and leans towards delivering.)"""
     pair = cut_off(listening=False, subscribe_timeout=0.5)
-    send(pair.sender_bus, pair.signal, range(-3, 0))  # before connect(): not for it
     proxy.cut()
     listen(pair.receiver_bus, pair.ledger)  # returns unconfirmed
     send(pair.sender_bus, pair.signal, range(0, 10))

@@ -17,6 +17,7 @@ import fakeredis
 import pytest
 from blinker import ANY
 
+import signalbus
 from signalbus import (
     Bus,
     ConfigurationError,
@@ -31,7 +32,7 @@ from signalbus import (
 from signalbus import subscriber as subscriber_module
 from signalbus.bus import default_bus
 
-from .helpers import Recorder, wait_for
+from .helpers import Child, Recorder, wait_for
 
 """Nothing listens on port 1: connections are refused at once."""
 
@@ -732,3 +733,43 @@ def test_queue_full_drop_counts_and_never_raises(unreachable_bus: Callable[..., 
     # Never dropped in silence: what was still waiting at close is counted too.
     assert bus.stats()["dropped"] == 50
     assert bus.stats()["published"] == 0
+
+
+# -- blinker's module-level API ----------------------------------------------------
+
+
+def test_signal_is_the_same_signal_for_the_same_name_and_its_channel_is_the_name() -> None:
+    made = signalbus.signal("test-module-level.made", doc="made once")
+    assert signalbus.signal("test-module-level.made") is made
+    assert signalbus.default_namespace.signal("test-module-level.made") is made
+    assert isinstance(made, blinker.NamedSignal) and made.name == "test-module-level.made"
+    assert made.channel == "test-module-level.made"
+    assert made.channel == Namespace("test-module-level").signal("made").channel
+    assert signalbus.signal("undotted").channel == "undotted"
+
+
+def test_signal_reaches_a_namespace_signal_in_another_process(
+    redis_url: str, prefix: str, start_child: Callable[..., Child]
+) -> None:
+    """``signal("auth.logged-in")`` here and ``Namespace("auth").signal("logged-in")`` in
+    another process are one signal (tests/child.py listens on the latter)."""
+    listener = start_child("listen", redis_url, prefix, "1")
+    bus = configure(redis_url, prefix=prefix)
+    try:
+        signalbus.signal("auth.logged-in").send("web", n=7)
+        assert bus.flush(10)
+        wait_for(listener.events, timeout=20)
+        assert [event["kwargs"] for event in listener.events()] == [{"n": 7}]
+    finally:
+        bus.close()
+    assert listener.finish() == 0, listener.stderr()
+
+
+def test_the_cli_sends_on_a_channel_without_a_dot(
+    make_bus: Callable[..., Bus], on_test_bus: Callable[..., tuple[int, str, str]]
+) -> None:
+    received = Recorder()
+    Namespace("", bus=make_bus()).signal("heartbeat").connect(received)
+    code, _, err = on_test_bus("send", "heartbeat", "--sender", "cli", "beat=1")
+    assert code == 0, err
+    assert received.wait(1) == [("cli", {"beat": 1})]
