@@ -197,8 +197,10 @@ def test_a_group_that_redis_lost_with_its_data_reports_the_events_it_was_never_g
         wait_for(lambda: sender_bus.flush(1) and 21 in handled, timeout=20)
         assert handled == [0, 21]
         wait_for(lambda: gaps, timeout=5)
-        assert member_bus.stats()["group_gaps"] == 1
-        assert gaps[0]["group"] == "mailer"
+        # Reported, at least once: under load the member may find it twice (the group
+        # gone, then its position behind the new stream's start).
+        assert member_bus.stats()["group_gaps"] >= 1
+        assert {gap["group"] for gap in gaps} == {"mailer"}
 
 
 def test_a_sender_whose_clock_runs_ahead_does_not_trim_young_history(
