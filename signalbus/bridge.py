@@ -7,8 +7,9 @@ never through ``send()``, so nothing loops back. The sending process skips its o
 events as for any signal, so no receiver runs twice there.
 
 A bridged signal belongs to a library, so a value that cannot travel is not raised
-into the library's ``send()``: it is logged (with how to register it) and counted as
-dropped, and the local receivers have run as usual.
+into the library's ``send()``: the local receivers run as usual, and it is logged
+(with how to register it; at most once in a while per signal) and counted in
+``stats()["unsendable"]``, apart from events Redis could not take (``dropped``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import typing as t
 
 import blinker
 
-from .errors import ConfigurationError, SignalBusError, SubscribeError
+from .errors import ConfigurationError, EncodingError, SignalBusError, SubscribeError
 from .signals import Signal, split_channel
-from .stats import logger
 
 if t.TYPE_CHECKING:
     from .bus import Bus
@@ -102,9 +102,22 @@ class BridgedSignal(Signal):
             return
         try:
             bus._publish(self, sender, kwargs)
+        except EncodingError as exc:  # the library's values: delivered here, never raised
+            bus._stats.add("unsendable")
+            bus._log.warning(
+                f"unsendable:{self.channel}",
+                "signalbus: a send of bridged signal %r was delivered in this process only: %s",
+                self.channel,
+                exc,
+            )
         except SignalBusError as exc:
             bus._stats.add("dropped")
-            logger.error("signalbus: bridged signal %r not published: %s", self.channel, exc)
+            bus._log.warning(
+                f"bridge:{self.channel}",
+                "signalbus: bridged signal %r not published: %s",
+                self.channel,
+                exc,
+            )
 
     def close(self) -> None:
         """Stop publishing the original signal's sends."""

@@ -61,6 +61,9 @@ class Stats:
     """Times history trimming dropped events a group had not handled, or failed."""
     subscribe_refused: int = 0
     """Channels Redis refused to subscribe this bus to (the user's ACL lacks them)."""
+    unsendable: int = 0
+    """Sends of a bridged library signal whose values cannot cross processes: delivered
+    in this process only (see :mod:`signalbus.bridge`)."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
