@@ -253,8 +253,18 @@ class Bus:
 
     def register_sender(self, obj: Any, name: str) -> None:
         """Let ``obj`` be a sender: it travels as ``name`` and arrives as the object
-        the receiving process registered under ``name`` (or as ``name`` itself)."""
+        the receiving process registered under ``name`` (or as ``name`` itself).
+
+        A name registered again stands for the newest object (a new app per test, say),
+        while every registered object still alive travels under its name. Senders are
+        held weakly where Python allows: a collected one is forgotten.
+        """
         self.codec.register_sender(obj, name)
+
+    def unregister_sender(self, obj: Any) -> None:
+        """Forget ``obj`` as a sender: sending with it raises again, and events named
+        as it arrive as the name (unless another object took the name since)."""
+        self.codec.unregister_sender(obj)
 
     def register_type(
         self,

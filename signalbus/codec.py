@@ -32,6 +32,7 @@ import threading
 import types
 import typing as t
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -162,6 +163,10 @@ class _Unencodable(TypeError):
         self.value = value
 
 
+def _itself(obj: Any) -> Any:
+    return obj
+
+
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -238,8 +243,11 @@ class Codec:
         # A receiver with the same limit must take whatever this bus sends.
         self._overhead = _SEALING + _APPENDED + (SIGNED_OFFSET if self.signer.signs else 0)
         self._largest_body = max_message_size - self._overhead
+        # Registered senders, by id (how each travels) and by name (what arrives): held
+        # weakly where Python allows, so a collected sender is forgotten.
         self._sender_names: dict[int, str] = {}
-        self._senders_by_name: dict[str, Any] = {}
+        self._senders_by_name: dict[str, Callable[[], Any]] = {}
+        self._forget: dict[int, Callable[[], None]] = {}
         self._types_by_class: dict[type, _RegisteredType] = {}
         self._types_by_name: dict[str, _RegisteredType] = {}
         self._classes: dict[str, type] = {}
@@ -270,7 +278,7 @@ class Codec:
             Ext.DATACLASS: self._decode_dataclass,
             Ext.MODEL: self._decode_model,
             Ext.REGISTERED: self._decode_registered,
-            Ext.SENDER: lambda p, _: self._senders_by_name.get(p.decode(), p.decode()),
+            Ext.SENDER: lambda p, _: self._sender_named(p.decode()),
         }
         self._top_ext_hook = functools.partial(self._ext_hook, 0)
         self._local = _PackerPerThread(functools.partial(self._default, 0))
@@ -285,14 +293,36 @@ class Codec:
                 f"{obj!r} travels as itself and needs no registration; register objects "
                 "that cannot cross a process boundary, such as an app"
             )
-        known = self._senders_by_name.get(name)
-        if known is not None and known is not obj:
-            raise ConfigurationError(
-                f"sender name {name!r} is already registered for {known!r}; "
-                "each name must stand for one object"
-            )
-        self._sender_names[id(obj)] = name
-        self._senders_by_name[name] = obj
+        key = id(obj)
+
+        def forget(_: object = None) -> None:
+            if self._sender_names.get(key) == name:
+                del self._sender_names[key]
+            if self._senders_by_name.get(name) is held:
+                del self._senders_by_name[name]
+            if self._forget.get(key) is forget:
+                del self._forget[key]
+
+        held: Callable[[], Any]
+        try:
+            held = weakref.ref(obj, forget)
+        except TypeError:  # no weak references to it: held for as long as it is registered
+            held = functools.partial(_itself, obj)
+        self._sender_names[key] = name
+        self._senders_by_name[name] = held
+        self._forget[key] = forget
+
+    def unregister_sender(self, obj: Any) -> None:
+        """Forget ``obj`` as a sender (nothing happens if it was not registered)."""
+        forget = self._forget.get(id(obj))
+        if forget is not None:
+            forget()
+
+    def _sender_named(self, name: str) -> Any:
+        """The object registered under ``name`` in this process, else the name itself."""
+        held = self._senders_by_name.get(name)
+        found = None if held is None else held()
+        return name if found is None else found
 
     def register_type(
         self,

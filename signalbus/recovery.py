@@ -371,7 +371,10 @@ class Recovery:
                     last_id,
                     format_id(anchor.last_id),
                 )
-            after = f"({format_id(anchor.last_id)}" if floor is None else format_id(floor)
+            # After the anchor; but from the floor if the anchor was taken late (after
+            # events of this process's were kept, the connection lost meanwhile).
+            late = floor is not None and floor <= anchor.last_id
+            after = format_id(floor) if late and floor else f"({format_id(anchor.last_id)}"
             yield from self._kept(channel, stream, after)
         position.anchor = _Anchor(state.last_id, state.added, epoch, server.run_id)
         position.floor = None
