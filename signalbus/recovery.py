@@ -161,7 +161,8 @@ class _Server(NamedTuple):
     def of(cls, about: Any, persistence: Any) -> _Server:
         if isinstance(about, Exception) or isinstance(persistence, Exception):
             return cls(None, True)  # INFO refused (an ACL): nothing to tell
-        return cls(str(about.get("run_id")), bool(persistence.get("aof_enabled")))
+        run_id = about.get("run_id")
+        return cls(None if run_id is None else str(run_id), bool(persistence.get("aof_enabled")))
 
     def restored_since(self, anchor: _Anchor) -> bool:
         """Whether the server restarted since ``anchor`` and, its data kept (the same
@@ -357,7 +358,7 @@ class Recovery:
             why = _loss(anchor, state, epoch)
             if why is None and floor is not None and _trimmed_past(state, floor):
                 why = _NOT_BACK_TO_SUBSCRIBING
-            if restored:  # what the restart lost was said above
+            if restored:  # its loss was said above
                 pass
             elif why is not None:
                 self._gap(channel, last_id or format_id(anchor.last_id), state.first_id, why)
@@ -373,8 +374,10 @@ class Recovery:
                 )
             # After the anchor; but from the floor if the anchor was taken late (after
             # events of this process's were kept, the connection lost meanwhile).
-            late = floor is not None and floor <= anchor.last_id
-            after = format_id(floor) if late and floor else f"({format_id(anchor.last_id)}"
+            if floor is not None and floor <= anchor.last_id:
+                after = format_id(floor)
+            else:
+                after = f"({format_id(anchor.last_id)}"
             yield from self._kept(channel, stream, after)
         position.anchor = _Anchor(state.last_id, state.added, epoch, server.run_id)
         position.floor = None
