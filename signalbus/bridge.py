@@ -15,13 +15,18 @@ into the library's ``send()``: the local receivers run as usual, and it is logge
 from __future__ import annotations
 
 import collections.abc as c
+import os
 import sys
+import threading
 import typing as t
+import weakref
 
 import blinker
 
 from .errors import ConfigurationError, EncodingError, SignalBusError, SubscribeError
+from .receiver_context import bridges_publish
 from .signals import Signal, split_channel
+from .stats import ThrottledLog
 
 if t.TYPE_CHECKING:
     from .bus import Bus
@@ -37,33 +42,66 @@ def default_channel(signal: blinker.Signal) -> str:
     ``user_logged_in`` is ``flask_login.signals.logged-in``, as signalbus would name it.
     Any other signal takes ``<module>.<attribute>`` of the one module that holds it.
     """
-    name = getattr(signal, "name", None)
-    if isinstance(name, str):
-        makers = [
-            module_name
-            for module_name, values in _module_values()
-            if any(isinstance(v, blinker.Namespace) and v.get(name) is signal for v in values)
-        ]
-        if makers:
-            return f"{min(makers)}.{name}"
-    holders = [
-        f"{module_name}.{attribute}"
-        for module_name, module in list(sys.modules.items())
-        for attribute, value in _attributes(module)
-        if value is signal
-    ]
-    if len(holders) == 1:
-        return holders[0]
-    where = f"it is held as {', '.join(sorted(holders))}" if holders else "no module holds it"
+    with _lock:
+        for everything in (False, True):  # a miss reads every module again, once
+            _places.read(everything)
+            channel = _places.channel(signal)
+            if channel is not None:
+                return channel
+        holders = _places.holders(signal)
+    where = f"it is held as {', '.join(holders)}" if holders else "no module holds it"
     raise ConfigurationError(
         f"cannot tell one channel for {signal!r} ({where}); give "
         "bus.bridge(signal, channel='namespace.name')"
     )
 
 
-def _module_values() -> c.Iterator[tuple[str, list[t.Any]]]:
-    for module_name, module in list(sys.modules.items()):
-        yield module_name, [value for _, value in _attributes(module)]
+class _Places:
+    """Where the loaded modules hold blinker namespaces and signals.
+
+    Each module is read once, when a bridge first asks after it was loaded, so that an
+    app bridging signals at every start (one app per test) costs a look-up, not a walk
+    through every attribute of every module. The standard library holds no signals.
+    """
+
+    def __init__(self) -> None:
+        self._read: set[str] = set()
+        self._makers: weakref.WeakKeyDictionary[blinker.Signal, set[str]]
+        self._holders: weakref.WeakKeyDictionary[blinker.Signal, set[str]]
+        self._forget()
+
+    def _forget(self) -> None:
+        self._read = set()
+        self._makers = weakref.WeakKeyDictionary()
+        self._holders = weakref.WeakKeyDictionary()
+
+    def read(self, everything: bool) -> None:
+        """Read the modules loaded since the last call (or all of them again)."""
+        if everything:
+            self._forget()
+        for module_name, module in list(sys.modules.items()):
+            if module_name in self._read:
+                continue
+            self._read.add(module_name)
+            if module_name.partition(".")[0] in sys.stdlib_module_names:
+                continue
+            for attribute, value in _attributes(module):
+                if isinstance(value, blinker.Namespace):
+                    for made in list(value.values()):
+                        self._makers.setdefault(made, set()).add(module_name)
+                elif isinstance(value, blinker.Signal):
+                    self._holders.setdefault(value, set()).add(f"{module_name}.{attribute}")
+
+    def channel(self, signal: blinker.Signal) -> str | None:
+        name = getattr(signal, "name", None)
+        makers = self._makers.get(signal)
+        if isinstance(name, str) and makers:
+            return f"{min(makers)}.{name}"
+        holders = self.holders(signal)
+        return holders[0] if len(holders) == 1 else None
+
+    def holders(self, signal: blinker.Signal) -> list[str]:
+        return sorted(self._holders.get(signal, ()))
 
 
 def _attributes(module: t.Any) -> list[tuple[str, t.Any]]:
@@ -71,6 +109,19 @@ def _attributes(module: t.Any) -> list[tuple[str, t.Any]]:
         return list(vars(module).items())
     except TypeError:  # a module stand-in without a __dict__
         return []
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _unsendable
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    _unsendable = ThrottledLog()
+
+
+_places = _Places()
+_lock = threading.Lock()
+# Per process, not per bus: an app per test makes a bus per test, and each would log.
+_unsendable = ThrottledLog()
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class BridgedSignal(Signal):
@@ -98,13 +149,13 @@ class BridgedSignal(Signal):
 
     def _publish_local(self, sender: t.Any, /, **kwargs: t.Any) -> None:
         bus = self._bus
-        if bus is None or bus.closed:
+        if bus is None or bus.closed or not bridges_publish():
             return
         try:
             bus._publish(self, sender, kwargs)
         except EncodingError as exc:  # the library's values: delivered here, never raised
             bus._stats.add("unsendable")
-            bus._log.warning(
+            _unsendable.warning(
                 f"unsendable:{self.channel}",
                 "signalbus: a send of bridged signal %r was delivered in this process only: %s",
                 self.channel,

@@ -44,6 +44,7 @@ from .groups import status as group_status
 from .history import HistoryOption, Keep, TimeBound, epoch_key, keep_for, resolve
 from .history import read as read_history
 from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
+from .receiver_context import of_sender
 from .recovery import Recovery
 from .replay import ReplayReport, replay, to_group, to_subscribers
 from .schema import validated
@@ -91,8 +92,9 @@ class Bus:
       ``True`` for its defaults, ``False`` for none); a namespace or a signal may say
       otherwise.
     - ``receiver_context``: makes the context manager that receivers of events from
-      other processes, and group receivers, run inside (the Flask extension passes
-      ``app.app_context``).
+      other processes, and group receivers, run inside: called with no argument
+      (``app.app_context``), or with the event's sender if it takes exactly one (the
+      Flask extension picks the app the event was sent as).
     - ``signing_keys``: sign every event with the first key, accept events signed with
       any: a list of keys, or one key (a ``str`` or ``bytes``, commas and all), each of at
       least 16 bytes (default ``$SIGNALBUS_SIGNING_KEYS``, comma-separated; see
@@ -118,7 +120,7 @@ class Bus:
         dispatch_backlog: int = 10_000,
         close_timeout: float = 5.0,
         history: HistoryOption = True,
-        receiver_context: Callable[[], AbstractContextManager[object]] | None = None,
+        receiver_context: Callable[..., AbstractContextManager[object]] | None = None,
         signing_keys: str | bytes | Sequence[str | bytes] | None = None,
         catalog: bool = True,
     ) -> None:
@@ -150,7 +152,7 @@ class Bus:
             raise ConfigurationError(f"prefix must be a str, not {prefix!r}")
         if client is not None:
             _check_client(client)
-        self.url = url or _url_of(client) or os.environ.get("SIGNALBUS_URL") or DEFAULT_URL
+        self.url = url_or_default(url or _url_of(client))
         self._owns_client = client is None  # close() closes what the bus made, only
         if client is None:
             client = client_from_url(self.url)
@@ -169,7 +171,7 @@ class Bus:
             block_timeout=block_timeout,
         )
         self._dispatch_backlog = dispatch_backlog
-        self._receiver_context = receiver_context
+        self._receiver_context = of_sender(receiver_context)
         self._signs = self.codec.signer.signs
         self._records_catalog = catalog
         # Signals with receivers, by channel key; replaced, never mutated, so the reader
@@ -189,6 +191,7 @@ class Bus:
     def _start_process_life(self) -> None:
         """Everything that belongs to one process: identity, counters, threads, sockets."""
         self._lock = threading.Lock()
+        self._bridging = threading.Lock()
         self._token = os.urandom(TOKEN_SIZE)
         self._token_hex = self._token.hex()
         self._head = head(self._token)
@@ -450,7 +453,6 @@ class Bus:
         Events still unpublished after that are logged and counted as dropped.
         Closing the default bus makes signals local-only until ``configure()``.
         """
-        global _default
         with self._lock:
             if self._closed:
                 return
@@ -464,8 +466,7 @@ class Bus:
         self._commands.close()
         if self._owns_client:
             self.client.close()
-        if _default is self:
-            _default = None
+        _remove_default(self)
         _live_buses.discard(self)
 
     @property
@@ -528,7 +529,8 @@ class Bus:
         Its sends in this process are published; events sent in other processes reach
         its receivers here. ``channel`` defaults to ``module.attribute`` of the module
         that defines it (see :func:`signalbus.bridge.default_channel`). Returns the
-        bus's side of it: its ``channel``, ``history()`` and ``replay()``.
+        bus's side of it: its ``channel``, ``history()`` and ``replay()``. Bridging a
+        signal again returns the same bridge (nothing is delivered twice).
         """
         from .bridge import BridgedSignal, default_channel
         from .signals import Signal
@@ -537,9 +539,17 @@ class Bus:
             raise ConfigurationError(f"{signal!r} is a signalbus signal already: no bridge needed")
         if self._closed:
             raise ConfigurationError("this bus is closed; make a new Bus to bridge signals")
-        bridged = BridgedSignal(signal, channel or default_channel(signal), self)
-        self._bridges.append(bridged)  # subscribed already: it connected a receiver
-        return bridged
+        with self._bridging:  # one bridge per signal, whatever threads ask at once
+            known = next((b for b in self._bridges if b.original is signal), None)
+            if known is None:
+                known = BridgedSignal(signal, channel or default_channel(signal), self)
+                self._bridges.append(known)  # subscribed already: it connected a receiver
+            elif channel is not None and channel != known.channel:
+                raise ConfigurationError(
+                    f"{signal!r} is bridged on channel {known.channel!r} already; a second "
+                    f"channel ({channel!r}) would deliver its events twice"
+                )
+            return known
 
     # -- groups --------------------------------------------------------------------
 
@@ -628,7 +638,8 @@ class Bus:
         )
         token = _current.set(event)
         try:
-            with self._receiver_context() if self._receiver_context else contextlib.nullcontext():
+            context = self._receiver_context
+            with contextlib.nullcontext() if context is None else context(envelope.sender):
                 for signal in signals:
                     if signal.channel == envelope.channel and not signal.is_muted:
                         kwargs = envelope.kwargs
@@ -680,6 +691,12 @@ class Bus:
                 self._consumer(group).start()
 
 
+def url_or_default(url: str | None) -> str:
+    """The URL a bus given ``url`` connects to: it, else ``$SIGNALBUS_URL``, else
+    :data:`DEFAULT_URL`."""
+    return url or os.environ.get("SIGNALBUS_URL") or DEFAULT_URL
+
+
 def _is_seconds(value: object) -> bool:
     """Whether ``value`` is a finite number of seconds, 0 or more (a bool is not one)."""
     return (
@@ -728,24 +745,73 @@ def _url_of(client: redis.Redis | None) -> str | None:
     return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
 
-# -- the default bus ------------------------------------------------------------------
+# -- the default buses -----------------------------------------------------------------
 
-_default: Bus | None = None
+# Signals of a Namespace without a bus travel on a default bus. There is usually one,
+# made by configure(); the Flask extension makes one per app setting (URL and prefix),
+# and a chooser picks the current app's. Every default bus receives for those signals.
+_default: Bus | None = None  # the newest default bus: the one outside any chooser's say
+_defaults: tuple[Bus, ...] = ()
+_chooser: Callable[[], Bus | None] | None = None
 _unbound: weakref.WeakSet[Signal] = weakref.WeakSet()
 _live_buses: weakref.WeakSet[Bus] = weakref.WeakSet()
 
 
 def default_bus() -> Bus | None:
-    """The bus made by :func:`configure`, or None."""
+    """The bus a signal without one of its own travels on here and now: the chooser's
+    (the current Flask app's), else the newest made by :func:`configure`, else None."""
+    if _chooser is not None:
+        chosen = _chooser()
+        if chosen is not None and not chosen.closed:
+            return chosen
     return _default
 
 
+def default_buses() -> tuple[Bus, ...]:
+    """Every default bus: each receives the events of signals without a bus of their own."""
+    return _defaults
+
+
+def set_chooser(chooser: Callable[[], Bus | None] | None) -> None:
+    """Let ``chooser`` pick the default bus of the moment among several (None: the newest)."""
+    global _chooser
+    _chooser = chooser
+
+
+def add_default(bus: Bus) -> None:
+    """Make ``bus`` the newest default bus, leaving the others as they are.
+
+    Signals without a bus of their own are recorded in its catalog, and their receivers
+    and groups start getting its events now.
+    """
+    global _default, _defaults
+    if bus.closed:
+        raise ConfigurationError(f"{bus!r} is closed; it cannot be a default bus")
+    known = bus in _defaults
+    _defaults = (*(other for other in _defaults if other is not bus), bus)
+    _default = bus
+    if known:
+        return
+    unbound = list(_unbound)
+    bus._define(unbound)
+    bus._watch([signal for signal in unbound if signal.receivers])
+    for signal in unbound:
+        for group in signal.groups():
+            bus._join(signal, group)
+
+
+def _remove_default(bus: Bus) -> None:
+    global _default, _defaults
+    _defaults = tuple(other for other in _defaults if other is not bus)
+    _default = _defaults[-1] if _defaults else None
+
+
 def track_unbound(signal: Signal) -> None:
-    """Remember a signal that uses the default bus, to subscribe it once one exists,
-    and record it in the default bus's catalog."""
+    """Remember a signal that uses the default buses, to subscribe it on each, and
+    record it in their catalogs."""
     _unbound.add(signal)
-    if _default is not None:
-        _default._define([signal])
+    for bus in _defaults:
+        bus._define([signal])
 
 
 def configure(url: str | None = None, **options: Any) -> Bus:
@@ -754,17 +820,11 @@ def configure(url: str | None = None, **options: Any) -> Bus:
     Receivers connected before this call start getting remote events now. Calling it
     again closes the previous default bus and replaces it.
     """
-    global _default
     bus = Bus(url, **options)
-    previous, _default = _default, bus
+    previous = _default
+    add_default(bus)
     if previous is not None:
         previous.close()
-    unbound = list(_unbound)
-    bus._define(unbound)
-    bus._watch([signal for signal in unbound if signal.receivers])
-    for signal in unbound:
-        for group in signal.groups():
-            bus._join(signal, group)
     return bus
 
 

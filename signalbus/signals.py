@@ -128,6 +128,11 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
         """The bus this signal travels on: its own, else the default one, else None."""
         return self._bus if self._bus is not None else bus_module.default_bus()
 
+    def _receiving_buses(self) -> tuple[bus_module.Bus, ...]:
+        """The buses whose events reach this signal's receivers: its own, else every
+        default bus (one per Flask app setting, say)."""
+        return (self._bus,) if self._bus is not None else bus_module.default_buses()
+
     def history(
         self, since: TimeBound = None, until: TimeBound = None, limit: int | None = None
     ) -> c.Iterator[Event]:
@@ -203,13 +208,12 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
             return self._connect_to_group(receiver, sender, weak, replays, as_group(group))
         super().connect(receiver, sender, weak)
         self._choose_replays(receiver, replays)
-        bus = self.bus
-        if bus is not None:
-            try:
+        try:
+            for bus in self._receiving_buses():
                 bus._watch([self])
-            except (SubscribeError, ConfigurationError):
-                self.disconnect(receiver, sender)
-                raise
+        except (SubscribeError, ConfigurationError):
+            self.disconnect(receiver, sender)
+            raise
         return receiver
 
     def _connect_to_group(
@@ -221,8 +225,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
                 f"signal {self.channel!r}: group {group.name!r} is already connected as "
                 f"{known[0]}; give every receiver of a group the same options"
             )
-        bus = self.bus
-        if bus is not None:
+        for bus in self._receiving_buses():
             bus._join(self, group)  # raises first if the signal keeps no history
         receivers = known[1] if known else _ReplayChoices()
         self._groups[group.name] = (group, receivers)
@@ -308,8 +311,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
     def _disconnect(self, receiver_id: c.Hashable, sender_id: c.Hashable) -> None:
         super()._disconnect(receiver_id, sender_id)
         if not self.receivers:
-            bus = self.bus
-            if bus is not None:
+            for bus in self._receiving_buses():
                 bus._release(self)
 
     def send(
@@ -325,7 +327,10 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
     ) -> list[tuple[c.Callable[..., t.Any], t.Any]]:
         if self.schema is not None:
             kwargs = validated(self.schema, self.channel, kwargs)
-        bus = self._bus or bus_module._default  # self.bus, without a call on the hot path
+        # self.bus, without a call on the hot path when there is one default bus
+        bus = self._bus or (
+            bus_module._default if bus_module._chooser is None else bus_module.default_bus()
+        )
         if bus is None:
             return super().send(sender, _async_wrapper=_async_wrapper, **kwargs)
         if self.is_muted:

@@ -176,7 +176,9 @@ class Subscriber:
             self._stopping.set()
             threads = self._threads
         self._handoff.wake()
-        if not threads:
+        if threads:
+            self._conn.interrupt()
+        else:
             self._conn.close()
         deadline = time.monotonic() + timeout
         for thread in threads:
@@ -397,7 +399,7 @@ class Dispatcher:
         *,
         stats: Stats,
         log: ThrottledLog,
-        context: Callable[[], AbstractContextManager[object]] | None = None,
+        context: Callable[[Any], AbstractContextManager[object]] | None = None,
     ) -> None:
         self._codec = codec
         self._signals_for = signals_for
@@ -445,7 +447,7 @@ class Dispatcher:
             if self._context is None:
                 self._run_signals(signals, envelope)
             else:
-                with self._context():
+                with self._context(envelope.sender):
                     self._run_signals(signals, envelope)
         finally:
             event_module._current.reset(token)

@@ -15,6 +15,7 @@ import functools
 import inspect
 import os
 import re
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -534,6 +535,18 @@ class SubscribeConnection:
             if command == b"EVAL":
                 self.epoch = reply
         return reply
+
+    def interrupt(self) -> None:
+        """Wake the reader waiting in :meth:`read` now: its socket reads the end at once.
+
+        redis-py offers no way to: shutting down the connection's socket (its ``_sock``,
+        the one place signalbus reaches in for it) is safe from another thread, where
+        ``disconnect()`` is not. Without it, a reader notices within its poll.
+        """
+        sock = getattr(self._conn, "_sock", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _answered(self) -> tuple[bytes, bytes | None]:
         """The command (and channel) the reply just read answers."""

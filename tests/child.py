@@ -22,6 +22,8 @@ import sys
 import threading
 from typing import Any
 
+from flask_login import UserMixin
+
 import signalbus
 from signalbus import Namespace
 
@@ -72,8 +74,8 @@ def group(name: str, work: float, fail: bool, claim_idle: float) -> None:
 
 
 @dataclasses.dataclass
-class BridgeUser:
-    """A user as flask-login sends it, travelling as a dataclass."""
+class BridgeUser(UserMixin):
+    """A user as flask-login sends it (and logs in), travelling as a dataclass."""
 
     id: int
 

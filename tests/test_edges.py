@@ -370,3 +370,20 @@ def test_a_group_made_late_gets_what_was_sent_after_connect_returned(
         assert sender_bus.flush(5)
         wait_for(lambda: any(kwargs["n"] == 2 for _, kwargs in recorder.calls), timeout=20)
         assert [kwargs["n"] for _, kwargs in recorder.calls] == [1, 2]
+
+
+def test_a_reader_waiting_for_a_reply_is_woken_by_interrupt(redis_url: str) -> None:
+    """close() must not wait for the reader's poll: it shuts the reader's socket down,
+    through redis-py's connection internals (its ``_sock``). If redis-py renames them,
+    the reader goes on waiting for a reply that never comes, and this fails."""
+    from signalbus.transport import ServerCheck, SubscribeConnection
+
+    connection = SubscribeConnection(redis.Redis.from_url(redis_url), ServerCheck(redis_url), b"e")
+    connection.connect(lambda: [b"edges:quiet"])
+    try:
+        connection.interrupt()
+        with pytest.raises(SignalBusError, match="connection lost"):
+            for _ in range(3):  # the EVAL and SUBSCRIBE replies may come first
+                connection.read(30)
+    finally:
+        connection.close()
