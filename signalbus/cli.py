@@ -82,8 +82,15 @@ CONNECT_TIMEOUT = 5.0
 MAX_MESSAGE_SIZE = 1 << 20
 """What ``tail`` accepts: the bus's default ``max_message_size``."""
 
-RESERVED_KEYS = frozenset({"_async_wrapper"})
-"""Keyword names ``Signal.send()`` keeps for itself."""
+RESERVED_KEYS = {
+    "sender": "receivers take the sender as their first argument; give it with --sender",
+    "_async_wrapper": "blinker's send() keeps it for itself",
+    "_sync_wrapper": "blinker's send_async() keeps it for itself",
+}
+"""Keyword names an event must not carry, and why: blinker calls each receiver as
+``receiver(sender, **kwargs)``, so a ``sender`` argument makes every receiver raise a
+TypeError; the two wrappers are taken by ``send()`` or ``send_async()`` as their own
+arguments, so an event with one could not be sent again by the other."""
 
 
 # -- options every command takes ---------------------------------------------------------
@@ -502,7 +509,9 @@ def _parse_values(values: Sequence[str]) -> dict[str, Any]:
         if key in kwargs:
             raise click.BadParameter(f"{key!r} is given twice", param_hint="KEY=VALUE")
         if key in RESERVED_KEYS:
-            raise click.BadParameter(f"{key!r} is reserved by send()", param_hint="KEY=VALUE")
+            raise click.BadParameter(
+                f"{key!r} is reserved: {RESERVED_KEYS[key]}", param_hint="KEY=VALUE"
+            )
         try:
             kwargs[key] = json.loads(text)
         except ValueError:

@@ -280,7 +280,9 @@ def test_commands_reject_what_is_not_a_channel_name(
         (["user_id"], "expected KEY=VALUE"),
         (["=1"], "expected KEY=VALUE"),
         (["a=1", "a=2"], "given twice"),
-        (["_async_wrapper=1"], "reserved"),
+        (["_async_wrapper=1"], "'_async_wrapper' is reserved: blinker's send() keeps it"),
+        (["_sync_wrapper=1"], "'_sync_wrapper' is reserved: blinker's send_async() keeps it"),
+        (["sender=web"], "'sender' is reserved: receivers take the sender as their first"),
     ],
 )
 def test_send_rejects_malformed_values(
