@@ -17,7 +17,8 @@ Every command takes ``--url`` (default ``$SIGNALBUS_URL``, else
 after the command's name. Exit codes: 0 done, 1 Redis unreachable or refused, 2 bad
 usage. ``tail`` is a read-only observer on a plain redis-py connection: it needs no
 bus, and decodes with the same codec receivers use, so what it calls skipped is what
-receivers skip. ``ls`` and ``schema`` read the catalog (see :mod:`signalbus.catalog`).
+receivers skip. ``ls`` and ``schema`` read the catalog (see :mod:`signalbus.catalog`),
+and ``send`` checks its values against the JSON Schema recorded there.
 ``send``, ``history``, ``replay``, ``groups`` and ``dead-letters`` go through a ``Bus``,
 as applications do, but one that leaves the catalog alone: naming a channel on the
 command line defines nothing.
@@ -31,6 +32,7 @@ import contextlib
 import dataclasses
 import datetime
 import decimal
+import functools
 import json
 import math
 import os
@@ -69,6 +71,7 @@ from .event import Event
 from .groups import DeadLetter, GroupStatus
 from .history import ENTRY_ID, TimeBound
 from .replay import ReplayReport
+from .schema import JsonSchema
 from .signals import Namespace, Signal, split_channel
 from .transport import client_from_url, glob_escape, redacted
 
@@ -383,6 +386,12 @@ def _listing_line(entry: Listing) -> Text:
     return line
 
 
+def _recorded(client: redis.Redis, prefix: str, channel: str) -> Definition | None:
+    """CHANNEL as the catalog records it; None if no bus recorded it."""
+    text = client.hget(catalog_key(prefix), channel)
+    return None if text is None else Definition.from_json(channel, cast(bytes, text))
+
+
 @cli.command(no_args_is_help=True)
 @click.argument("channel")
 @_connection_options()
@@ -390,13 +399,12 @@ def _listing_line(entry: Listing) -> Text:
 def schema(settings: Settings, channel: str) -> None:
     """Print the JSON Schema of CHANNEL (namespace.signal), as recorded in the catalog."""
     with _redis(settings.url) as client:
-        text = client.hget(catalog_key(settings.prefix), channel)
-    if text is None:
+        found = _recorded(client, settings.prefix, channel)
+    if found is None:
         raise click.BadParameter(
             f"no signal {channel!r} in the catalog (signalbus ls lists them)",
             param_hint="CHANNEL",
         )
-    found = Definition.from_json(channel, cast(bytes, text))
     if found.schema is None:
         raise click.BadParameter(f"signal {channel!r} has no schema", param_hint="CHANNEL")
     click.echo(json.dumps(found.schema, indent=2, ensure_ascii=False))
@@ -500,22 +508,64 @@ class _Tail:
         return 0
 
 
-def _parse_values(values: Sequence[str]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
+def _texts(values: Sequence[str]) -> dict[str, str]:
+    """Each KEY=VALUE as its key and text; what no receiver could take is refused (exit
+    2) before Redis is asked anything."""
+    texts: dict[str, str] = {}
     for item in values:
         key, equals, text = item.partition("=")
         if not equals or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="KEY=VALUE")
-        if key in kwargs:
+        if key in texts:
             raise click.BadParameter(f"{key!r} is given twice", param_hint="KEY=VALUE")
         if key in RESERVED_KEYS:
             raise click.BadParameter(
                 f"{key!r} is reserved: {RESERVED_KEYS[key]}", param_hint="KEY=VALUE"
             )
+        texts[key] = text
+    return texts
+
+
+def _value(text: str, fits: Callable[[Any], bool]) -> Any:
+    """``text`` read as JSON when it is JSON, else as it is; and as it is where the
+    field's schema takes the text but not what JSON reads (``note=42`` for a string)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return text if not fits(value) and fits(text) else value
+
+
+def _to_check_by(settings: Settings, channel: str) -> Definition:
+    """CHANNEL's record in the catalog, whose schema the values must fit; a bare one
+    where there is none, or where Redis refuses to let this user read the catalog (a
+    user may be allowed to publish and no more): then the values go unchecked, and
+    stderr says so."""
+    with _redis(settings.url) as client:
         try:
-            kwargs[key] = json.loads(text)
-        except ValueError:
-            kwargs[key] = text
+            return _recorded(client, settings.prefix, channel) or Definition(channel)
+        except redis.ResponseError as exc:
+            _note(
+                _console(stderr=True),
+                f"the catalog cannot be read ({exc}); the values were not checked against a schema",
+            )
+            return Definition(channel)
+
+
+def _arguments(texts: Mapping[str, str], found: Definition) -> dict[str, Any]:
+    """The event's arguments, typed and checked by the JSON Schema the catalog holds for
+    the channel, if it holds one (receivers would drop what does not fit: exit 2)."""
+    schema = JsonSchema(found.schema)
+    kwargs = {
+        key: _value(text, functools.partial(schema.fits_field, key)) for key, text in texts.items()
+    }
+    problems = schema.problems(kwargs)
+    if problems:
+        raise click.BadParameter(
+            f"the arguments do not fit {found.schema_name}, the schema of {found.channel} in "
+            f"the catalog (signalbus schema {found.channel} prints it): {'; '.join(problems)}",
+            param_hint="KEY=VALUE",
+        )
     return kwargs
 
 
@@ -562,10 +612,16 @@ def send(settings: Settings, channel: str, values: tuple[str, ...], sender: str 
     """Send one event on CHANNEL (namespace.signal) to every process listening.
 
     Each VALUE is read as JSON when it is JSON (42, 1.5, true, null, "42", [1, 2],
-    {"a": 1}), else taken as a string. Returns once Redis has the event.
+    {"a": 1}), else taken as a string; a field the schema types as a string takes the
+    text as it is (note=42 is "42"). Where the catalog holds a JSON Schema for CHANNEL,
+    the values are checked against it first (types, required fields, enums; not
+    formats nor bounds): what does not fit is refused, with exit code 2, and nothing
+    is sent. The event is signed with the first key of $SIGNALBUS_SIGNING_KEYS, if
+    set, as every bus signs. Returns once Redis has the event.
     """
+    texts = _texts(values)
     with _signal(settings, channel, synchronous=True) as signal:
-        kwargs = _parse_values(values)
+        kwargs = _arguments(texts, _to_check_by(settings, channel))
         signal.send(sender, **kwargs)
     line = Text.assemble(
         "sent ", (channel, "bold cyan"), "  ", ("sender=", "dim"), (repr(sender), "green")
