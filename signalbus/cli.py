@@ -68,7 +68,7 @@ from .errors import (
     TransportError,
 )
 from .event import Event
-from .groups import DeadLetter, GroupStatus
+from .groups import DeadLetter, GroupStatus, check_group
 from .history import ENTRY_ID, TimeBound
 from .replay import ReplayReport
 from .schema import JsonSchema
@@ -793,6 +793,8 @@ def replay(
     """
     status = _console(stderr=True)
     with _signal(settings, channel) as signal:
+        if group is not None:  # before counting: with nothing kept, a typo still exits 2
+            check_group(signal.group_status(), channel, group, "nothing was replayed")
         # Count first, for the progress bar's total: a second read of the stream is
         # cheap next to publishing. The replay then covers exactly the entries counted:
         # a duration does not slide, and events sent meanwhile (which receivers got
@@ -961,6 +963,8 @@ def dead_letters(
         raise click.UsageError("--json lists dead letters; it does not go with --requeue")
     out, status = _console(), _console(stderr=True)
     with _until_the_reader_leaves(), _signal(settings, channel) as signal:
+        outcome = "nothing was requeued" if requeue else "nothing was listed"
+        check_group(signal.group_status(), channel, group, outcome)
         if requeue:
             moved = signal.requeue(group, ids or None)
             out.print(f"requeued {_counted(moved, 'event')} to group {group}")

@@ -747,6 +747,8 @@ def test_a_refusing_server_fails_with_exit_code_1(
     command: list[str],
     key: str,
 ) -> None:
+    # Group mailer reads the signal (dead-letters refuses another), then a key is wrong.
+    raw.xgroup_create(f"{prefix}signalbus:history:auth.logged-in", "mailer", mkstream=True)
     raw.set(f"{prefix}signalbus:{key}", "not a stream")
     code, out, err = on_test_bus(command[0], "auth.logged-in", *command[1:])
     assert (code, out) == (1, "")
@@ -1135,6 +1137,39 @@ def test_dead_letters_usage_errors(
     )
     assert (code, out) == (2, "")
     assert message in err
+
+
+@pytest.mark.parametrize(
+    ("command", "outcome"),
+    [
+        (["dead-letters", "auth.logged-in", "--group", "nobody"], "nothing was listed"),
+        (["dead-letters", "auth.logged-in", "--group", "nobody", "--json"], "nothing was listed"),
+        (
+            ["dead-letters", "auth.logged-in", "--group", "nobody", "--requeue"],
+            "nothing was requeued",
+        ),
+        (["replay", "auth.logged-in", "--since", "0", "--group", "nobody"], "nothing was replayed"),
+        (
+            ["replay", "auth.logged-in", "--since", "0", "--group", "nobody", "--dry-run"],
+            "nothing was replayed",
+        ),
+    ],
+)
+@pytest.mark.parametrize("kept", [0, 1])
+def test_a_group_that_does_not_read_the_channel_is_refused_by_every_command(
+    make_bus: Callable[..., Bus],
+    on_test_bus: Callable[..., tuple[int, str, str]],
+    command: list[str],
+    outcome: str,
+    kept: int,
+) -> None:
+    Mailer(make_bus)  # group mailer reads auth.logged-in
+    logged_in(make_bus, kept)
+    code, out, err = on_test_bus(*command)
+    assert (code, out) == (2, "")
+    assert err.endswith(
+        f"Error: signal 'auth.logged-in': no group 'nobody' reads it (groups: mailer); {outcome}\n"
+    )
 
 
 def test_replay_into_a_group_reaches_that_group_alone(
