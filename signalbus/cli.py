@@ -536,7 +536,7 @@ def _value(text: str, fits: Callable[[Any], bool]) -> Any:
     return text if not fits(value) and fits(text) else value
 
 
-def _to_check_by(settings: Settings, channel: str) -> Definition:
+def _catalog_record(settings: Settings, channel: str) -> Definition:
     """CHANNEL's record in the catalog, whose schema the values must fit; a bare one
     where there is none, or where Redis refuses to let this user read the catalog (a
     user may be allowed to publish and no more): then the values go unchecked, and
@@ -621,7 +621,7 @@ def send(settings: Settings, channel: str, values: tuple[str, ...], sender: str 
     """
     texts = _texts(values)
     with _signal(settings, channel, synchronous=True) as signal:
-        kwargs = _arguments(texts, _to_check_by(settings, channel))
+        kwargs = _arguments(texts, _catalog_record(settings, channel))
         signal.send(sender, **kwargs)
     line = Text.assemble(
         "sent ", (channel, "bold cyan"), "  ", ("sender=", "dim"), (repr(sender), "green")
