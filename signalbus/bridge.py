@@ -129,7 +129,9 @@ class BridgedSignal(Signal):
 
     def __init__(self, original: blinker.Signal, channel: str, bus: Bus) -> None:
         namespace, name = split_channel(channel)
-        super().__init__(name, getattr(original, "__doc__", None), namespace=namespace, bus=bus)
+        # blinker keeps a signal's own doc in the instance's __doc__; without one,
+        # __doc__ is the class's docstring, which says nothing of this signal.
+        super().__init__(name, vars(original).get("__doc__"), namespace=namespace, bus=bus)
         self.original = original
         original.connect(self._publish_local, weak=False)
         # Keeps this process subscribed to the channel while the bridge stands.

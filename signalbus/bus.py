@@ -26,7 +26,7 @@ import redis
 
 from .catalog import CatalogWriter, Definition, definition
 from .codec import TOKEN_SIZE, Codec, Envelope, event_id, head, seal
-from .errors import ArgumentError, ConfigurationError, PublishError
+from .errors import ConfigurationError, PublishError
 from .event import Event, _current
 from .groups import (
     DeadLetter,
@@ -35,6 +35,7 @@ from .groups import (
     GroupStatus,
     Route,
     Streams,
+    check_group,
     dead_letter_key,
     dead_letters,
     requeue,
@@ -401,12 +402,7 @@ class Bus:
         if group is None:
             write = to_subscribers(self._key(signal.channel))
         else:
-            groups = [status.name for status in self._group_status(signal)]
-            if group not in groups:
-                raise ArgumentError(
-                    f"signal {signal.channel!r}: no group {group!r} reads it (groups: "
-                    f"{', '.join(groups) or 'none'}); nothing was replayed"
-                )
+            check_group(self._group_status(signal), signal.channel, group, "nothing was replayed")
             write = to_group(retry_key(self.prefix, signal.channel, group))
         return replay(
             self._commands,
@@ -463,6 +459,7 @@ class Bus:
         self._publisher.close(_left(deadline))
         self._catalog.close(_left(deadline))
         self._stop_receiving(_left(deadline))
+        self._server.close()
         self._commands.close()
         if self._owns_client:
             self.client.close()

@@ -17,7 +17,8 @@ Every command takes ``--url`` (default ``$SIGNALBUS_URL``, else
 after the command's name. Exit codes: 0 done, 1 Redis unreachable or refused, 2 bad
 usage. ``tail`` is a read-only observer on a plain redis-py connection: it needs no
 bus, and decodes with the same codec receivers use, so what it calls skipped is what
-receivers skip. ``ls`` and ``schema`` read the catalog (see :mod:`signalbus.catalog`).
+receivers skip. ``ls`` and ``schema`` read the catalog (see :mod:`signalbus.catalog`),
+and ``send`` checks its values against the JSON Schema recorded there.
 ``send``, ``history``, ``replay``, ``groups`` and ``dead-letters`` go through a ``Bus``,
 as applications do, but one that leaves the catalog alone: naming a channel on the
 command line defines nothing.
@@ -31,6 +32,7 @@ import contextlib
 import dataclasses
 import datetime
 import decimal
+import functools
 import json
 import math
 import os
@@ -66,8 +68,9 @@ from .errors import (
     TransportError,
 )
 from .event import Event
-from .groups import DeadLetter, GroupStatus
+from .groups import DeadLetter, GroupStatus, check_group
 from .history import ENTRY_ID, TimeBound
+from .json_schema import JsonSchema
 from .replay import ReplayReport
 from .signals import Namespace, Signal, split_channel
 from .transport import client_from_url, glob_escape, redacted
@@ -82,8 +85,15 @@ CONNECT_TIMEOUT = 5.0
 MAX_MESSAGE_SIZE = 1 << 20
 """What ``tail`` accepts: the bus's default ``max_message_size``."""
 
-RESERVED_KEYS = frozenset({"_async_wrapper"})
-"""Keyword names ``Signal.send()`` keeps for itself."""
+RESERVED_KEYS = {
+    "sender": "receivers take the sender as their first argument; give it with --sender",
+    "_async_wrapper": "blinker's send() keeps it for itself",
+    "_sync_wrapper": "blinker's send_async() keeps it for itself",
+}
+"""Keyword names an event must not carry, and why: blinker calls each receiver as
+``receiver(sender, **kwargs)``, so a ``sender`` argument makes every receiver raise a
+TypeError; the two wrappers are taken by ``send()`` or ``send_async()`` as their own
+arguments, so an event with one could not be sent again by the other."""
 
 
 # -- options every command takes ---------------------------------------------------------
@@ -376,6 +386,12 @@ def _listing_line(entry: Listing) -> Text:
     return line
 
 
+def _recorded(client: redis.Redis, prefix: str, channel: str) -> Definition | None:
+    """CHANNEL as the catalog records it; None if no bus recorded it."""
+    text = client.hget(catalog_key(prefix), channel)
+    return None if text is None else Definition.from_json(channel, cast(bytes, text))
+
+
 @cli.command(no_args_is_help=True)
 @click.argument("channel")
 @_connection_options()
@@ -383,13 +399,12 @@ def _listing_line(entry: Listing) -> Text:
 def schema(settings: Settings, channel: str) -> None:
     """Print the JSON Schema of CHANNEL (namespace.signal), as recorded in the catalog."""
     with _redis(settings.url) as client:
-        text = client.hget(catalog_key(settings.prefix), channel)
-    if text is None:
+        found = _recorded(client, settings.prefix, channel)
+    if found is None:
         raise click.BadParameter(
             f"no signal {channel!r} in the catalog (signalbus ls lists them)",
             param_hint="CHANNEL",
         )
-    found = Definition.from_json(channel, cast(bytes, text))
     if found.schema is None:
         raise click.BadParameter(f"signal {channel!r} has no schema", param_hint="CHANNEL")
     click.echo(json.dumps(found.schema, indent=2, ensure_ascii=False))
@@ -493,20 +508,64 @@ class _Tail:
         return 0
 
 
-def _parse_values(values: Sequence[str]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
+def _texts(values: Sequence[str]) -> dict[str, str]:
+    """Each KEY=VALUE as its key and text; what no receiver could take is refused (exit
+    2) before Redis is asked anything."""
+    texts: dict[str, str] = {}
     for item in values:
         key, equals, text = item.partition("=")
         if not equals or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="KEY=VALUE")
-        if key in kwargs:
+        if key in texts:
             raise click.BadParameter(f"{key!r} is given twice", param_hint="KEY=VALUE")
         if key in RESERVED_KEYS:
-            raise click.BadParameter(f"{key!r} is reserved by send()", param_hint="KEY=VALUE")
+            raise click.BadParameter(
+                f"{key!r} is reserved: {RESERVED_KEYS[key]}", param_hint="KEY=VALUE"
+            )
+        texts[key] = text
+    return texts
+
+
+def _value(text: str, fits: Callable[[Any], bool]) -> Any:
+    """``text`` read as JSON when it is JSON, else as it is; and as it is where the
+    field's schema takes the text but not what JSON reads (``note=42`` for a string)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return text if not fits(value) and fits(text) else value
+
+
+def _catalog_record(settings: Settings, channel: str) -> Definition:
+    """CHANNEL's record in the catalog, whose schema the values must fit; a bare one
+    where there is none, or where Redis refuses to let this user read the catalog (a
+    user may be allowed to publish and no more): then the values go unchecked, and
+    stderr says so."""
+    with _redis(settings.url) as client:
         try:
-            kwargs[key] = json.loads(text)
-        except ValueError:
-            kwargs[key] = text
+            return _recorded(client, settings.prefix, channel) or Definition(channel)
+        except redis.ResponseError as exc:
+            _note(
+                _console(stderr=True),
+                f"the catalog cannot be read ({exc}); the values were not checked against a schema",
+            )
+            return Definition(channel)
+
+
+def _arguments(texts: Mapping[str, str], found: Definition) -> dict[str, Any]:
+    """The event's arguments, typed and checked by the JSON Schema the catalog holds for
+    the channel, if it holds one (receivers would drop what does not fit: exit 2)."""
+    schema = JsonSchema(found.schema)
+    kwargs = {
+        key: _value(text, functools.partial(schema.fits_field, key)) for key, text in texts.items()
+    }
+    problems = schema.problems(kwargs)
+    if problems:
+        raise click.BadParameter(
+            f"the arguments do not fit {found.schema_name}, the schema of {found.channel} in "
+            f"the catalog (signalbus schema {found.channel} prints it): {'; '.join(problems)}",
+            param_hint="KEY=VALUE",
+        )
     return kwargs
 
 
@@ -553,10 +612,16 @@ def send(settings: Settings, channel: str, values: tuple[str, ...], sender: str 
     """Send one event on CHANNEL (namespace.signal) to every process listening.
 
     Each VALUE is read as JSON when it is JSON (42, 1.5, true, null, "42", [1, 2],
-    {"a": 1}), else taken as a string. Returns once Redis has the event.
+    {"a": 1}), else taken as a string; a field the schema types as a string takes the
+    text as it is (note=42 is "42"). Where the catalog holds a JSON Schema for CHANNEL,
+    the values are checked against it first (types, required fields, enums, bounds;
+    not formats): what does not fit is refused, with exit code 2, and nothing
+    is sent. The event is signed with the first key of $SIGNALBUS_SIGNING_KEYS, if
+    set, as every bus signs. Returns once Redis has the event.
     """
+    texts = _texts(values)
     with _signal(settings, channel, synchronous=True) as signal:
-        kwargs = _parse_values(values)
+        kwargs = _arguments(texts, _catalog_record(settings, channel))
         signal.send(sender, **kwargs)
     line = Text.assemble(
         "sent ", (channel, "bold cyan"), "  ", ("sender=", "dim"), (repr(sender), "green")
@@ -728,6 +793,8 @@ def replay(
     """
     status = _console(stderr=True)
     with _signal(settings, channel) as signal:
+        if group is not None:  # before counting: with nothing kept, a typo still exits 2
+            check_group(signal.group_status(), channel, group, "nothing was replayed")
         # Count first, for the progress bar's total: a second read of the stream is
         # cheap next to publishing. The replay then covers exactly the entries counted:
         # a duration does not slide, and events sent meanwhile (which receivers got
@@ -896,6 +963,8 @@ def dead_letters(
         raise click.UsageError("--json lists dead letters; it does not go with --requeue")
     out, status = _console(), _console(stderr=True)
     with _until_the_reader_leaves(), _signal(settings, channel) as signal:
+        outcome = "nothing was requeued" if requeue else "nothing was listed"
+        check_group(signal.group_status(), channel, group, outcome)
         if requeue:
             moved = signal.requeue(group, ids or None)
             out.print(f"requeued {_counted(moved, 'event')} to group {group}")

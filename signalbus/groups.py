@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple, cast
 import redis
 
 from .codec import Codec, Envelope
-from .errors import ConfigurationError, DecodingError, ValidationError
+from .errors import ArgumentError, ConfigurationError, DecodingError, ValidationError
 from .event import Event
 from .history import as_event, decoded, entries
 from .recovery import parse_id, report_gap
@@ -46,6 +46,7 @@ __all__ = [
     "Member",
     "Route",
     "Streams",
+    "check_group",
     "dead_letter_key",
     "retry_key",
 ]
@@ -574,6 +575,18 @@ class GroupStatus(NamedTuple):
     """Events kept that the group has not been given yet (None: Redis cannot tell)."""
     last_delivered: str
     dead_letters: int
+
+
+def check_group(found: list[GroupStatus], channel: str, group: str, outcome: str) -> None:
+    """Raise ArgumentError, naming the groups ``found`` reading ``channel`` and
+    ``outcome`` (what was not done), unless ``group`` is one of them: a name no group
+    has (a typo) must not pass for a group with nothing to show."""
+    names = [status.name for status in found]
+    if group not in names:
+        raise ArgumentError(
+            f"signal {channel!r}: no group {group!r} reads it (groups: "
+            f"{', '.join(names) or 'none'}); {outcome}"
+        )
 
 
 def status(client: redis.Redis, prefix: str, channel: str, stream: bytes) -> list[GroupStatus]:

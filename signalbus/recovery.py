@@ -315,16 +315,16 @@ class Recovery:
         position = self._positions[channel_key] = _Position(
             _Anchor(state.last_id, state.added, epoch, server.run_id)
         )
-        # The server's clock at ``since``, to the millisecond. After connect() gave up
-        # waiting, from the one before: what was sent just after it returned must not
-        # be missed. After a confirmation, from the one after: an event kept in the same
-        # millisecond may have been sent before connect().
+        # The server's clock at ``since``, to the millisecond, never later: what was
+        # sent after connect() returned must not be missed (an event kept in that
+        # millisecond but sent while connect() was under way may arrive too). After
+        # connect() gave up waiting, from the millisecond before.
         now = seconds * 1000 + microseconds // 1000
-        elapsed = 1000 * (time.monotonic() - subscribed.since)
+        elapsed = math.ceil(1000 * (time.monotonic() - subscribed.since))
         if subscribed.late:
-            start = (now - math.ceil(elapsed) - 1, 0)
+            start = (now - elapsed - 1, 0)
         else:
-            start = position.floor = (now - math.floor(elapsed) + 1, 0)
+            start = position.floor = (now - elapsed, 0)
         if subscribed.epoch is not None and epoch is not None and epoch != subscribed.epoch:
             self._gap(channel, format_id(start), state.first_id, _LOST_DATA)
         elif subscribed.late:

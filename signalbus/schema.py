@@ -12,6 +12,8 @@ events from older senders; fields a receiver's model does not know are ignored (
 pydantic default, ``extra="ignore"``; a model with ``extra="forbid"`` refuses them).
 
 pydantic is imported only where a schema is used: the caller's model brought it in.
+A process that has no model, only the JSON Schema the catalog recorded for it
+(``signalbus send``), checks arguments with :mod:`signalbus.json_schema`.
 """
 
 from __future__ import annotations

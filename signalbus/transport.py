@@ -198,8 +198,18 @@ class ServerCheck:
         self._url = url
         self._lock = threading.Lock()
         self.refusal: str | None = None
+        self._closed = False
+
+    def close(self) -> None:
+        """Refuse every new connection from now on: the bus closed. redis-py reconnects
+        on its own, so a thread of the bus not yet stopped would otherwise open a
+        connection that nothing closes."""
+        self._closed = True
 
     def __call__(self, connection: Any) -> None:
+        if self._closed:
+            connection.disconnect()
+            raise RedisConnectionError("the bus is closed")
         connection.on_connect()
         if self.refusal is None:
             connection.send_command("INFO", "cluster")
@@ -260,12 +270,12 @@ def _dedicated_connection(client: redis.Redis, check: ServerCheck) -> Any:
 
 
 def command_client(client: redis.Redis, check: ServerCheck) -> redis.Redis:
-    """A client of its own on ``client``'s server, for a bus's commands."""
+    """A client of its own on ``client``'s server, for a bus's commands: it owns its
+    pool, so closing it closes its connections (``Redis(connection_pool=...)`` would
+    leave them open)."""
     pool = client.connection_pool
-    return redis.Redis(
-        connection_pool=type(pool)(
-            connection_class=pool.connection_class, **_connection_kwargs(client, check)
-        )
+    return redis.Redis.from_pool(
+        type(pool)(connection_class=pool.connection_class, **_connection_kwargs(client, check))
     )
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
+import pydantic
 import pytest
 
 from signalbus import Bus, Namespace, PublishError, SubscribeError
+from signalbus.catalog import catalog_key
 from signalbus.testing import RedisServer
 
-from .helpers import Recorder, wait_for
+from .helpers import Recorder, run_cli, wait_for
 
 
 @pytest.fixture
@@ -160,4 +162,36 @@ def test_a_user_who_may_not_touch_the_epoch_key_still_receives(
         Namespace("auth", bus=sender_bus).signal("logged-in").send("web", n=1)
         assert received.wait(1) == [("web", {"n": 1})]
         wait_for(lambda: "data epoch key" in caplog.text)
+    admin.close()
+
+
+class LoggedIn(pydantic.BaseModel):
+    user_id: int
+
+
+def test_cli_send_by_a_user_who_may_not_read_the_catalog_says_it_did_not_check(
+    acl_server: RedisServer, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = acl_server.client()
+    admin.acl_setuser(
+        "publisher",
+        enabled=True,
+        passwords=["+secret"],
+        keys=[f"{prefix}signalbus:history:*"],
+        channels=[f"{prefix}auth.*"],
+        commands=["+@all"],
+        reset_channels=True,
+    )
+    url = f"redis://publisher:secret@127.0.0.1:{acl_server.port}/0"
+    received = Recorder()
+    with Bus(acl_server.url, prefix=prefix) as bus:
+        Namespace("auth", bus=bus).signal("logged-in", schema=LoggedIn).connect(received)
+        wait_for(lambda: admin.hexists(catalog_key(prefix), "auth.logged-in"))
+        code, out, err = run_cli(
+            capsys, "--url", url, "--prefix", prefix, "send", "auth.logged-in", "user_id=7"
+        )
+        assert (code, out) == (0, "sent auth.logged-in  sender=None  user_id=7\n")
+        assert err.startswith("the catalog cannot be read (this user has no permissions")
+        assert err.endswith("; the values were not checked against a schema\n")
+        assert received.wait(1) == [(None, {"user_id": 7})]
     admin.close()

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import blinker
 import pydantic
 import pytest
 import redis
@@ -187,6 +188,27 @@ def test_ls_lists_a_kept_signal_nobody_recorded(
     assert on_test_bus("send", "legacy.event", "n=1")[0] == 0  # the CLI records nothing
     code, out, _ = on_test_bus("ls")
     assert (code, out) == (0, "legacy.event  schema=-  subscribers=0  history=1  groups=-\n")
+
+
+def test_a_bridged_signal_is_listed_with_its_own_doc_or_none(
+    make_bus: Callable[..., Bus],
+    raw: redis.Redis,
+    prefix: str,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+) -> None:
+    bus = make_bus()
+    plain, documented = blinker.Signal(), blinker.NamedSignal("done", "A library's job is done.")
+    bus.bridge(plain, "library.plain")
+    bus.bridge(documented, "library.done")
+    assert recorded(raw, prefix, "library.plain").doc is None  # not blinker's class docstring
+    assert recorded(raw, prefix, "library.done").doc == "A library's job is done."
+    code, out, err = on_test_bus("ls")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "library.done  schema=-  subscribers=1  history=0  groups=-",
+        "  A library's job is done.",
+        "library.plain  schema=-  subscribers=1  history=0  groups=-",
+    ]
 
 
 def test_schema_prints_the_json_schema(

@@ -20,8 +20,9 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, Any, Literal
 
+import pydantic
 import pytest
 import redis
 
@@ -36,6 +37,7 @@ from signalbus import (
     ReplayReport,
     Signal,
 )
+from signalbus.catalog import catalog_key
 from signalbus.cli import _time
 from signalbus.codec import Codec
 from signalbus.groups import DeadLetter
@@ -280,7 +282,9 @@ def test_commands_reject_what_is_not_a_channel_name(
         (["user_id"], "expected KEY=VALUE"),
         (["=1"], "expected KEY=VALUE"),
         (["a=1", "a=2"], "given twice"),
-        (["_async_wrapper=1"], "reserved"),
+        (["_async_wrapper=1"], "'_async_wrapper' is reserved: blinker's send() keeps it"),
+        (["_sync_wrapper=1"], "'_sync_wrapper' is reserved: blinker's send_async() keeps it"),
+        (["sender=web"], "'sender' is reserved: receivers take the sender as their first"),
     ],
 )
 def test_send_rejects_malformed_values(
@@ -289,6 +293,100 @@ def test_send_rejects_malformed_values(
     code, _, err = run_cli(capsys, "--url", unreachable_url, "send", "auth.logged-in", *values)
     assert code == 2
     assert message in err
+
+
+class Typed(pydantic.BaseModel):
+    user_id: int
+    plan: Literal["free", "pro"] = "free"
+    note: str = ""
+    ref: int | str | None = None
+    score: float | None = None
+
+
+@pytest.fixture
+def typed(make_bus: Callable[..., Bus], raw: redis.Redis, prefix: str) -> Iterator[Recorder]:
+    """A receiver of ``auth.logged-in`` (schema :class:`Typed`) in a process of its own,
+    once the catalog holds the schema."""
+    received = Recorder()
+    Namespace("auth", bus=make_bus()).signal("logged-in", schema=Typed).connect(received)
+    wait_for(lambda: raw.hexists(catalog_key(prefix), "auth.logged-in"))
+    yield received
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        (["user_id=seven"], "user_id: 'seven' is not of type 'integer'"),
+        (["user_id=1.5"], "user_id: 1.5 is not of type 'integer'"),
+        (["user_id=true"], "user_id: True is not of type 'integer'"),
+        (["user_id=7", "plan=gold"], "plan: 'gold' is not one of ['free', 'pro']"),
+        (["plan=pro"], "'user_id' is a required property"),
+        (["user_id=7", "score=high"], "score: 'high' is not of type 'number' or 'null'"),
+    ],
+)
+def test_send_refuses_values_that_do_not_fit_the_schema_in_the_catalog(
+    typed: Recorder,
+    raw: redis.Redis,
+    prefix: str,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+    values: list[str],
+    problem: str,
+) -> None:
+    code, out, err = on_test_bus("send", "auth.logged-in", *values)
+    assert (code, out) == (2, "")
+    assert (
+        "Error: Invalid value for KEY=VALUE: the arguments do not fit Typed, the schema of "
+        "auth.logged-in in the catalog (signalbus schema auth.logged-in prints it): "
+    ) in err
+    assert problem in err
+    assert stream_length(raw, prefix) == 0  # nothing sent
+
+
+def test_send_types_the_values_as_the_schema_in_the_catalog_says(
+    typed: Recorder,
+    raw: redis.Redis,
+    prefix: str,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+) -> None:
+    code, out, err = on_test_bus(
+        "send", "auth.logged-in", "user_id=7", "plan=pro", "note=42", "ref=null"
+    )
+    assert (code, err) == (0, "")
+    assert out == "sent auth.logged-in  sender=None  user_id=7 plan='pro' note='42' ref=None\n"
+    assert on_test_bus("send", "auth.logged-in", "user_id=8", 'note="quoted"', "ref=x1")[0] == 0
+    assert on_test_bus("send", "auth.logged-in", "user_id=9", "ref=12")[0] == 0
+    assert typed.wait(3) == [
+        (None, {"user_id": 7, "plan": "pro", "note": "42", "ref": None, "score": None}),
+        (None, {"user_id": 8, "plan": "free", "note": "quoted", "ref": "x1", "score": None}),
+        (None, {"user_id": 9, "plan": "free", "note": "", "ref": 12, "score": None}),
+    ]
+
+
+SIGNING_KEY = "2026-11: the CLI's signing key"
+
+
+def test_send_signs_with_the_configured_keys(
+    make_bus: Callable[..., Bus],
+    monkeypatch: pytest.MonkeyPatch,
+    on_test_bus: Callable[..., tuple[int, str, str]],
+) -> None:
+    receiver_bus = make_bus(signing_keys=[SIGNING_KEY])  # drops what is not signed so
+    received = Recorder()
+    Namespace("auth", bus=receiver_bus).signal("logged-in").connect(received)
+    monkeypatch.setenv("SIGNALBUS_SIGNING_KEYS", SIGNING_KEY)
+    assert on_test_bus("send", "auth.logged-in", "n=1")[0] == 0
+    assert received.wait(1) == [(None, {"n": 1})]
+    assert receiver_bus.stats()["invalid"] == 0
+
+
+def test_send_help_says_it_checks_the_schema_and_signs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run_cli(capsys, "send", "--help")
+    text = " ".join(out.split())
+    assert code == 0
+    assert "the catalog holds a JSON Schema for CHANNEL, the values are checked" in text
+    assert "signed with the first key of $SIGNALBUS_SIGNING_KEYS" in text
 
 
 # -- tail ----------------------------------------------------------------------------------
@@ -649,6 +747,8 @@ def test_a_refusing_server_fails_with_exit_code_1(
     command: list[str],
     key: str,
 ) -> None:
+    # Group mailer reads the signal (dead-letters refuses another), then a key is wrong.
+    raw.xgroup_create(f"{prefix}signalbus:history:auth.logged-in", "mailer", mkstream=True)
     raw.set(f"{prefix}signalbus:{key}", "not a stream")
     code, out, err = on_test_bus(command[0], "auth.logged-in", *command[1:])
     assert (code, out) == (1, "")
@@ -1037,6 +1137,39 @@ def test_dead_letters_usage_errors(
     )
     assert (code, out) == (2, "")
     assert message in err
+
+
+@pytest.mark.parametrize(
+    ("command", "outcome"),
+    [
+        (["dead-letters", "auth.logged-in", "--group", "nobody"], "nothing was listed"),
+        (["dead-letters", "auth.logged-in", "--group", "nobody", "--json"], "nothing was listed"),
+        (
+            ["dead-letters", "auth.logged-in", "--group", "nobody", "--requeue"],
+            "nothing was requeued",
+        ),
+        (["replay", "auth.logged-in", "--since", "0", "--group", "nobody"], "nothing was replayed"),
+        (
+            ["replay", "auth.logged-in", "--since", "0", "--group", "nobody", "--dry-run"],
+            "nothing was replayed",
+        ),
+    ],
+)
+@pytest.mark.parametrize("kept", [0, 1])
+def test_a_group_that_does_not_read_the_channel_is_refused_by_every_command(
+    make_bus: Callable[..., Bus],
+    on_test_bus: Callable[..., tuple[int, str, str]],
+    command: list[str],
+    outcome: str,
+    kept: int,
+) -> None:
+    Mailer(make_bus)  # group mailer reads auth.logged-in
+    logged_in(make_bus, kept)
+    code, out, err = on_test_bus(*command)
+    assert (code, out) == (2, "")
+    assert err.endswith(
+        f"Error: signal 'auth.logged-in': no group 'nobody' reads it (groups: mailer); {outcome}\n"
+    )
 
 
 def test_replay_into_a_group_reaches_that_group_alone(

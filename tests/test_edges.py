@@ -387,3 +387,19 @@ def test_a_reader_waiting_for_a_reply_is_woken_by_interrupt(redis_url: str) -> N
                 connection.read(30)
     finally:
         connection.close()
+
+
+def test_a_closed_bus_leaves_no_connection_open(own_server: RedisServer, prefix: str) -> None:
+    """Its command connections were left to the garbage collector (redis-py does not
+    close a pool a client was given), and a thread still at work after close()
+    reconnected on its own: a ResourceWarning once collected, a connection until then."""
+    with own_server.client() as raw:
+        alone = len(raw.client_list())
+        with Bus(own_server.url, prefix=prefix) as bus:
+            signal = Namespace("auth", bus=bus).signal("logged-in")
+            signal.connect(Recorder(), group="mailer")
+            signal.send("web", n=1)
+            assert bus.flush(5)
+            assert [event.id for event in signal.history()]  # a command connection
+            assert len(raw.client_list()) > alone
+        wait_for(lambda: len(raw.client_list()) == alone)

@@ -19,7 +19,7 @@ import redis
 
 from signalbus import Bus, Namespace, Signal
 from signalbus.codec import Codec, Envelope
-from signalbus.history import PUBLISH_SCRIPT
+from signalbus.history import PUBLISH_SCRIPT, stream_key
 from signalbus.recovery import MAX_SENDERS, Recovery
 from signalbus.signing import SIGNED_OFFSET
 from signalbus.stats import Stats, ThrottledLog
@@ -28,6 +28,12 @@ from signalbus.testing import Ledger, Proxy, RedisServer
 from .helpers import wait_for
 
 CHANNEL = "auth.logged-in"
+
+
+def server_ms(client: redis.Redis) -> int:
+    """The server's clock, in milliseconds (as stream entry ids count time)."""
+    seconds, microseconds = client.time()
+    return int(seconds) * 1000 + int(microseconds) // 1000
 
 
 def send(bus: Bus, signal: Signal, numbers: range) -> None:
@@ -112,6 +118,12 @@ def test_a_receiver_that_had_seen_nothing_yet_recovers_from_where_it_subscribed(
     ):
         signal = Namespace("auth", bus=sender_bus).signal("logged-in")
         send(sender_bus, signal, range(-3, 0))  # before the receiver subscribed: not for it
+        # In an earlier millisecond than the subscription: one sent while it is made may
+        # arrive.
+        with own_server.client() as client:
+            last = client.xinfo_stream(stream_key(prefix, "auth.logged-in"))
+            kept_at = int(last["last-generated-id"].split(b"-")[0])
+            wait_for(lambda: server_ms(client) > kept_at + 1)
         listen(receiver_bus, ledger)
         proxy.cut()
         send(sender_bus, signal, range(0, 20))

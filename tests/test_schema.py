@@ -1,17 +1,20 @@
 """Schemas against a real server: arguments validated at send(), typed for receivers here
-and elsewhere, and events from a sender with another version of the model."""
+and elsewhere, and events from a sender with another version of the model; and the
+check of a JSON Schema alone, as the CLI makes it."""
 
 from __future__ import annotations
 
 import datetime
+import enum
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import pytest
 
 import signalbus
 from signalbus import Bus, ConfigurationError, Group, Namespace, ValidationError
+from signalbus.json_schema import JsonSchema
 
 from .helpers import wait_for
 
@@ -116,3 +119,107 @@ def test_a_group_sends_an_event_that_does_not_fit_to_dead_letters_at_once(
 def test_a_schema_must_be_a_pydantic_model() -> None:
     with pytest.raises(ConfigurationError, match="pydantic model"):
         Namespace("auth").signal("other", schema=dict)
+
+
+# -- JsonSchema: the catalog's JSON Schema, checked without the model ------------------------
+
+
+class Plan(enum.Enum):
+    FREE = "free"
+    PRO = "pro"
+
+
+class Address(pydantic.BaseModel):
+    city: str
+    zip: str | None = None
+
+
+class Tree(pydantic.BaseModel):
+    name: str
+    children: list[Tree] = []
+
+
+class Signup(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    user_id: int
+    ratio: float = 0.5
+    beta: bool = False
+    plan: Plan = Plan.FREE
+    channel: Literal["web", "api"] = "web"
+    version: Literal[2] = 2
+    at: datetime.datetime | None = None
+    address: Address | None = None
+    tags: list[str] = []
+    scores: dict[str, int] = {}
+    pair: tuple[int, str] = (0, "")
+    tree: Tree | None = None
+    anything: Any = None
+    count: int = pydantic.Field(default=0, ge=0)
+
+
+SIGNUP = JsonSchema(Signup.model_json_schema())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"user_id": 7},
+        {"user_id": 7.0, "ratio": 1, "beta": True, "plan": "pro", "channel": "api"},
+        {"user_id": 7, "version": 2, "at": "2026-11-24T10:00:00Z", "address": None},
+        {"user_id": 7, "address": {"city": "Lyon"}, "tags": ["a"], "scores": {"x": 1}},
+        {"user_id": 7, "pair": [1, "a"], "tree": {"name": "a", "children": [{"name": "b"}]}},
+        {"user_id": 7, "anything": {"what": ["ever", None]}},
+    ],
+)
+def test_json_schema_lets_through_what_the_model_takes(kwargs: dict[str, Any]) -> None:
+    assert SIGNUP.problems(kwargs) == []
+    Signup.model_validate(kwargs)  # and so do receivers
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problems"),
+    [
+        ({}, ["'user_id' is a required property"]),
+        ({"user_id": "seven"}, ["user_id: 'seven' is not of type 'integer'"]),
+        (
+            {"user_id": 7.5, "ratio": "half"},
+            ["user_id: 7.5 is not of type 'integer'", "ratio: 'half' is not of type 'number'"],
+        ),
+        ({"user_id": 7, "beta": "maybe"}, ["beta: 'maybe' is not of type 'boolean'"]),
+        ({"user_id": 7, "plan": "gold"}, ["plan: 'gold' is not one of ['free', 'pro']"]),
+        ({"user_id": 7, "channel": "sms"}, ["channel: 'sms' is not one of ['web', 'api']"]),
+        ({"user_id": 7, "version": 1}, ["version: 2 was expected"]),
+        ({"user_id": 7, "at": [2026]}, ["at: [2026] is not of type 'string' or 'null'"]),
+        (
+            {"user_id": 7, "address": {"zip": 1}},
+            ["address.zip: 1 is not of type 'string' or 'null'"],
+        ),
+        ({"user_id": 7, "address": "Lyon"}, ["address: 'Lyon' is not of type 'object' or 'null'"]),
+        ({"user_id": 7, "tags": ["a", 1]}, ["tags.1: 1 is not of type 'string'"]),
+        ({"user_id": 7, "count": -1}, ["count: -1 is less than the minimum of 0"]),
+        ({"user_id": 7, "scores": {"x": "high"}}, ["scores.x: 'high' is not of type 'integer'"]),
+        ({"user_id": 7, "pair": ["a", "b"]}, ["pair.0: 'a' is not of type 'integer'"]),
+        (
+            {"user_id": 7, "tree": {"name": "a", "children": [{}]}},
+            ["tree.children.0: 'name' is a required property"],
+        ),
+        (
+            {"user_id": 7, "nickname": "al"},
+            ["Additional properties are not allowed ('nickname' was unexpected)"],
+        ),
+    ],
+)
+def test_json_schema_refuses_what_the_model_refuses_naming_each_field(
+    kwargs: dict[str, Any], problems: list[str]
+) -> None:
+    assert SIGNUP.problems(kwargs) == problems
+    with pytest.raises(pydantic.ValidationError):
+        Signup.model_validate(kwargs)  # receivers would drop it
+
+
+def test_json_schema_checks_nothing_it_cannot_read() -> None:
+    for document in (None, [], {"type": "weird"}, {"$ref": "other.json#/Thing"}):
+        assert JsonSchema(document).problems({"any": "thing"}) == []
+    assert JsonSchema(None).fits_field("any", 1)
+    assert SIGNUP.fits_field("not-a-field", 1)  # a field it does not name: any value
+    assert not SIGNUP.fits_field("user_id", "7")
