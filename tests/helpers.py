@@ -56,11 +56,14 @@ class Recorder:
 
 
 class Child:
-    """A ``python -m tests.child`` process whose output is collected by threads."""
+    """A ``python -m tests.child`` process (or ``-m module``) whose output is collected by
+    threads."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, module: str = "tests.child"
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.child", *args],
+            [sys.executable, "-m", module, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
