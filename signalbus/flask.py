@@ -192,8 +192,8 @@ def _commands() -> click.Group:
     def commands(ctx: click.Context) -> None:
         """Look at the app's signalbus bus and act on it (as the signalbus command)."""
         config = flask.current_app.config
-        url = config.get("SIGNALBUS_URL") or os.environ.get("SIGNALBUS_URL")
-        ctx.obj = Settings(url=url or Settings.url, prefix=config.get("SIGNALBUS_PREFIX", ""))
+        url = url_or_default(config.get("SIGNALBUS_URL"))
+        ctx.obj = Settings(url=url, prefix=config.get("SIGNALBUS_PREFIX", ""))
 
     return commands
 
