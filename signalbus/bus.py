@@ -36,14 +36,13 @@ from .groups import (
     Route,
     Streams,
     check_group,
-    dead_letter_key,
     dead_letters,
     requeue,
-    retry_key,
 )
 from .groups import status as group_status
-from .history import HistoryOption, Keep, TimeBound, epoch_key, keep_for, resolve
+from .history import HistoryOption, Keep, TimeBound, keep_for, resolve
 from .history import read as read_history
+from .keyspace import channel_key, dead_letter_key, epoch_key, retry_key
 from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .receiver_context import of_sender
 from .recovery import Recovery
@@ -422,7 +421,7 @@ class Bus:
     def _key(self, channel: str) -> bytes:
         key = self._keys.get(channel)
         if key is None:
-            key = self._keys.setdefault(channel, (self.prefix + channel).encode())
+            key = self._keys.setdefault(channel, channel_key(self.prefix, channel))
         return key
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -26,18 +26,15 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 
 from .errors import ConfigurationError
-from .history import History, stream_key
+from .history import History
+from .keyspace import catalog_key, channel_key, history_channels, stream_key
 from .stats import ThrottledLog, logger
-from .transport import NETWORK_ERRORS, Backoff, glob_escape
+from .transport import NETWORK_ERRORS, Backoff
 
 if TYPE_CHECKING:
     from .signals import Signal
 
-__all__ = ["CatalogWriter", "Definition", "Listing", "catalog_key", "definition", "listing"]
-
-
-def catalog_key(prefix: str) -> bytes:
-    return f"{prefix}signalbus:catalog".encode()
+__all__ = ["CatalogWriter", "Definition", "Listing", "definition", "listing"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,14 +201,14 @@ def listing(client: redis.Redis, prefix: str) -> list[Listing]:
     for field, text in recorded.items():
         channel = field.decode(errors="replace")
         definitions[channel] = Definition.from_json(channel, text)
-    head = stream_key(prefix, "")
-    for key in client.scan_iter(match=glob_escape(head.decode()) + "*", _type="stream"):
-        channel = key[len(head) :].decode(errors="replace")
+    pattern, head = history_channels(prefix)
+    for key in client.scan_iter(match=pattern, _type="stream"):
+        channel = key[head:].decode(errors="replace")
         definitions.setdefault(channel, Definition(channel))
     if not definitions:
         return []
     channels = sorted(definitions)
-    keys = [f"{prefix}{channel}" for channel in channels]
+    keys = [channel_key(prefix, channel) for channel in channels]
     pipe = client.pipeline(transaction=False)
     pipe.pubsub_numsub(*keys)
     for channel in channels:
@@ -219,7 +216,7 @@ def listing(client: redis.Redis, prefix: str) -> list[Listing]:
         pipe.xinfo_groups(stream_key(prefix, channel))
     # A stream that is not there answers XINFO GROUPS with an error: no groups.
     numsub, *per_stream = pipe.execute(raise_on_error=False)
-    subscribers = {key.decode(errors="replace"): int(count) for key, count in numsub}
+    subscribers = {key: int(count) for key, count in numsub}
     return [
         Listing(
             definitions[channel],

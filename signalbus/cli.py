@@ -57,7 +57,7 @@ from rich.progress import (
 from rich.text import Text
 
 from .bus import DEFAULT_URL, Bus
-from .catalog import Definition, Listing, catalog_key, listing
+from .catalog import Definition, Listing, listing
 from .codec import Codec, Envelope
 from .errors import (
     ArgumentError,
@@ -71,9 +71,10 @@ from .event import Event
 from .groups import DeadLetter, GroupStatus, check_group
 from .history import ENTRY_ID, TimeBound
 from .json_schema import JsonSchema
+from .keyspace import catalog_key, channel_pattern
 from .replay import ReplayReport
 from .signals import Namespace, Signal, split_channel
-from .transport import client_from_url, glob_escape, redacted
+from .transport import client_from_url, redacted
 
 __all__ = ["cli", "main"]
 
@@ -455,7 +456,7 @@ class _Tail:
         self.client.close()
 
     def run(self, pattern: str, count: int | None) -> None:
-        full_pattern = glob_escape(self.prefix) + pattern
+        full_pattern = channel_pattern(self.prefix, pattern)
         try:
             self.pubsub.psubscribe(full_pattern)
         except redis.RedisError as exc:

@@ -34,6 +34,7 @@ from .codec import Codec, Envelope
 from .errors import ArgumentError, ConfigurationError, DecodingError, ValidationError
 from .event import Event
 from .history import as_event, decoded, entries
+from .keyspace import dead_letter_key, retry_key
 from .recovery import parse_id, report_gap
 from .stats import Stats, ThrottledLog, logger
 from .transport import NETWORK_ERRORS, Backoff
@@ -109,16 +110,6 @@ class Group:
 
 def as_group(group: Group | str) -> Group:
     return group if isinstance(group, Group) else Group(group)
-
-
-def dead_letter_key(prefix: str, channel: str, group: str) -> bytes:
-    """The stream where a group's failed events of ``channel`` end up."""
-    return f"{prefix}signalbus:dead:{channel}:{group}".encode()
-
-
-def retry_key(prefix: str, channel: str, group: str) -> bytes:
-    """The stream of events given to one group again (requeued dead letters, replays)."""
-    return f"{prefix}signalbus:retry:{channel}:{group}".encode()
 
 
 class Route(NamedTuple):

@@ -23,6 +23,7 @@ import redis
 from .codec import Codec, Envelope
 from .errors import ArgumentError, ConfigurationError, DecodingError
 from .event import Event
+from .keyspace import stream_key
 from .stats import logger
 
 if TYPE_CHECKING:
@@ -91,18 +92,6 @@ def keep_for(prefix: str, channel: str, history: History | None) -> Keep | None:
         return None
     age = None if history.max_age is None else int(history.max_age.total_seconds() * 1000)
     return Keep(stream_key(prefix, channel), b"%d" % history.max_count, age)
-
-
-def stream_key(prefix: str, channel: str) -> bytes:
-    """The key of a channel's history stream."""
-    return f"{prefix}signalbus:history:{channel}".encode()
-
-
-def epoch_key(prefix: str) -> bytes:
-    """A key whose random value names the server's data: made by the first bus that
-    asks, it goes when the data goes (a restart without persistence, a flush), which
-    is how a process tells that a history stream it knew was lost and made anew."""
-    return f"{prefix}signalbus:epoch".encode()
 
 
 # KEYS[1] is the epoch key, ARGV[1] a random value for it, if it is not there: the value

@@ -43,7 +43,8 @@ import redis
 
 from .codec import Codec, Envelope
 from .errors import DecodingError
-from .history import EPOCH_SCRIPT, decoded, entries, epoch_key, epoch_made
+from .history import EPOCH_SCRIPT, decoded, entries, epoch_made
+from .keyspace import epoch_key
 from .stats import Stats, ThrottledLog
 from .transport import NETWORK_ERRORS, Backoff
 

@@ -14,7 +14,7 @@ import difflib
 import functools
 import inspect
 import os
-import re
+import random
 import socket
 import threading
 from collections import deque
@@ -49,7 +49,6 @@ __all__ = [
     "SubscribeConnection",
     "client_from_url",
     "command_client",
-    "glob_escape",
     "iterate_with_transport_errors",
     "redacted",
     "transport_errors",
@@ -62,7 +61,11 @@ NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Backoff:
-    """Doubling waits between tries against a failing Redis, cut short by ``stopping``."""
+    """Doubling waits between tries against a failing Redis, cut short by ``stopping``.
+
+    Each wait is drawn from the upper half of the current delay: the processes that lost
+    Redis together (every worker, when it restarts) do not all come back at once.
+    """
 
     def __init__(self, stopping: threading.Event, first: float = 0.05, limit: float = 2.0) -> None:
         self._stopping = stopping
@@ -70,10 +73,15 @@ class Backoff:
         self._limit = limit
 
     def wait(self) -> bool:
-        """Wait the current delay, then double it; True if the bus is stopping."""
-        stopped = self._stopping.wait(self._delay)
+        """Wait the next delay; True if the bus is stopping."""
+        return self._stopping.wait(self.next_delay())
+
+    def next_delay(self) -> float:
+        """Seconds of the next wait, between half the current delay and all of it; the
+        delay then doubles, up to ``limit``."""
+        delay = self._delay * random.uniform(0.5, 1.0)
         self._delay = min(self._delay * 2, self._limit)
-        return stopped
+        return delay
 
     def reset(self) -> None:
         """After a success: the next failure waits the first delay again."""
@@ -94,11 +102,6 @@ def iterate_with_transport_errors(items: Iterator[T], what: str) -> Iterator[T]:
     """``items``, read under :func:`transport_errors`."""
     with transport_errors(what):
         yield from items
-
-
-def glob_escape(text: str) -> str:
-    """``text`` as a Redis glob pattern that matches it alone."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def redacted(url: str) -> str:

@@ -10,7 +10,7 @@ import pydantic
 import pytest
 
 from signalbus import Bus, Namespace, PublishError, SubscribeError
-from signalbus.catalog import catalog_key
+from signalbus.keyspace import catalog_key
 from signalbus.testing import RedisServer
 
 from .helpers import Recorder, run_cli, wait_for

@@ -15,7 +15,8 @@ import redis
 
 import signalbus
 from signalbus import Bus, Group, History, Namespace
-from signalbus.catalog import Definition, catalog_key
+from signalbus.catalog import Definition
+from signalbus.keyspace import catalog_key
 from signalbus.testing import Proxy, RedisServer
 
 from .helpers import Recorder, run_cli, wait_for

@@ -37,10 +37,10 @@ from signalbus import (
     ReplayReport,
     Signal,
 )
-from signalbus.catalog import catalog_key
 from signalbus.cli import _time
 from signalbus.codec import Codec
 from signalbus.groups import DeadLetter
+from signalbus.keyspace import catalog_key
 from signalbus.testing import RedisServer
 
 from .helpers import ROOT, Recorder, run_cli, wait_for

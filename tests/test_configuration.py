@@ -15,7 +15,7 @@ import redis
 import redis.asyncio
 
 from signalbus import Bus, ConfigurationError, Namespace
-from signalbus.history import stream_key
+from signalbus.keyspace import stream_key
 from signalbus.testing import RedisServer
 
 from .helpers import Recorder, wait_for

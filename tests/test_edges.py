@@ -403,3 +403,16 @@ def test_a_closed_bus_leaves_no_connection_open(own_server: RedisServer, prefix:
             assert [event.id for event in signal.history()]  # a command connection
             assert len(raw.client_list()) > alone
         wait_for(lambda: len(raw.client_list()) == alone)
+
+
+def test_backoffs_that_start_together_do_not_wait_alike() -> None:
+    """Every worker of a deployment loses Redis at the same moment when it restarts:
+    waits without jitter bring them all back in the same millisecond, each time."""
+    from signalbus.transport import Backoff
+
+    backoffs = [Backoff(threading.Event(), first=0.05, limit=2.0) for _ in range(50)]
+    for step in range(8):
+        delays = [backoff.next_delay() for backoff in backoffs]
+        top = min(0.05 * 2**step, 2.0)
+        assert all(top / 2 <= delay <= top for delay in delays)
+        assert len({round(delay, 6) for delay in delays}) > 40

@@ -19,7 +19,8 @@ import redis
 
 from signalbus import Bus, Namespace, Signal
 from signalbus.codec import Codec, Envelope
-from signalbus.history import PUBLISH_SCRIPT, stream_key
+from signalbus.history import PUBLISH_SCRIPT
+from signalbus.keyspace import stream_key
 from signalbus.recovery import MAX_SENDERS, Recovery
 from signalbus.signing import SIGNED_OFFSET
 from signalbus.stats import Stats, ThrottledLog
