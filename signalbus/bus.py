@@ -226,6 +226,7 @@ class Bus:
             self.codec,
             self._signals_for,
             recovery,
+            self._token,
             stats=self._stats,
             log=log,
             context=self._receiver_context,
@@ -621,16 +622,8 @@ class Bus:
         handled, acknowledged rather than tried again until it goes to dead letters.
         """
         signals = self._group_signals.get(name, {}).get(stream, ())
-        event = Event(
-            envelope.id,
-            envelope.channel,
-            envelope.origin,
-            envelope.timestamp,
-            envelope.token != self._token,
-            replayed=envelope.replayed,
-            stream_id=entry_id,
-            group=name,
-            attempt=attempt,
+        event = envelope._replace(stream_id=entry_id).event(
+            self._token, group=name, attempt=attempt
         )
         token = _current.set(event)
         try:

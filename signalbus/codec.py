@@ -104,16 +104,24 @@ class Envelope(NamedTuple):
     def id(self) -> str:
         return event_id(self.token.hex(), self.seq)
 
-    def remote_event(self) -> Event:
-        """What ``current_event()`` tells a receiver of this event in another process."""
+    def event(
+        self, own_token: bytes, *, kept: bool = False, group: str | None = None, attempt: int = 1
+    ) -> Event:
+        """The event as the process whose bus has ``own_token`` tells of it: to a
+        receiver (``current_event()``), with its group and try to a group receiver, and
+        with its sender and arguments too where it was read from history (``kept``)."""
         return Event(
             self.id,
             self.channel,
             self.origin,
             self.timestamp,
-            True,
+            self.token != own_token,
             replayed=self.replayed,
+            sender=self.sender if kept else None,
+            kwargs=self.kwargs if kept else None,
             stream_id=self.stream_id,
+            group=group,
+            attempt=attempt,
         )
 
 

@@ -33,7 +33,7 @@ import redis
 from .codec import Codec, Envelope
 from .errors import ArgumentError, ConfigurationError, DecodingError, ValidationError
 from .event import Event
-from .history import as_event, decoded, entries
+from .history import decoded, entries
 from .keyspace import dead_letter_key, retry_key
 from .recovery import parse_id, report_gap
 from .stats import Stats, ThrottledLog, logger
@@ -522,7 +522,7 @@ def dead_letters(
         original = fields.get(b"entry", b"").decode()
         yield DeadLetter(
             envelope.stream_id or "",
-            as_event(envelope._replace(stream_id=original), own_token),
+            envelope._replace(stream_id=original).event(own_token, kept=True),
             fields.get(b"error", b"").decode(errors="replace"),
             int(fields.get(b"attempts", b"0") or 0),
             float(fields.get(b"failed_at", b"0") or 0),

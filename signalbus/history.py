@@ -307,7 +307,10 @@ def read(
     start = entry_bound(since, channel=signal.channel, default="-")
     end = entry_bound(until, channel=signal.channel, default="+")
     found = entries(client, key, start, end, limit)
-    return (as_event(envelope, own_token) for envelope, _ in decoded(codec, signal.channel, found))
+    return (
+        envelope.event(own_token, kept=True)
+        for envelope, _ in decoded(codec, signal.channel, found)
+    )
 
 
 def decoded(
@@ -338,17 +341,3 @@ def decoded(
             logger.warning(
                 "skipped %d more history entries of %r that are not events", skipped - 1, channel
             )
-
-
-def as_event(envelope: Envelope, own_token: bytes) -> Event:
-    """An event read from history, as ``history()`` yields it."""
-    return Event(
-        envelope.id,
-        envelope.channel,
-        envelope.origin,
-        envelope.timestamp,
-        envelope.token != own_token,
-        sender=envelope.sender,
-        kwargs=envelope.kwargs,
-        stream_id=envelope.stream_id,
-    )

@@ -23,7 +23,7 @@ from redis.client import Pipeline
 from .codec import REPLAY_HEAD, Codec, Envelope
 from .errors import ArgumentError, PublishError
 from .event import Event
-from .history import Fields, TimeBound, as_event, check_limit, decoded, entries, entry_bound
+from .history import Fields, TimeBound, check_limit, decoded, entries, entry_bound
 from .signing import SIGNATURE_HEAD, SIGNED_OFFSET
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def replay(
     found = entries(client, stream_key, start, end, limit)
     try:
         for envelope, fields in decoded(codec, channel, found, skip):
-            last = as_event(envelope, own_token)
+            last = envelope.event(own_token, kept=True)
             first = first or last
             if not dry_run:
                 publisher.publish(envelope, fields)

@@ -18,6 +18,7 @@ history holds that it missed (see :mod:`signalbus.recovery`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -396,6 +397,7 @@ class Dispatcher:
         codec: Codec,
         signals_for: Callable[[bytes], Sequence[Signal]],
         recovery: Recovery,
+        token: bytes,
         *,
         stats: Stats,
         log: ThrottledLog,
@@ -404,6 +406,7 @@ class Dispatcher:
         self._codec = codec
         self._signals_for = signals_for
         self._recovery = recovery
+        self._token = token
         self._context = context
         self._stats = stats
         self._log = log
@@ -442,7 +445,8 @@ class Dispatcher:
             except DecodingError as exc:
                 self._skip(channel_key, str(exc))
                 return
-        token = event_module._current.set(envelope.remote_event)
+        # Made only if a receiver asks (see signalbus.event).
+        token = event_module._current.set(functools.partial(envelope.event, self._token))
         try:
             if self._context is None:
                 self._run_signals(signals, envelope)
