@@ -154,7 +154,7 @@ class BridgedSignal(Signal):
         if bus is None or bus.closed or not bridges_publish():
             return
         try:
-            bus._publish(self, sender, kwargs)
+            bus.publish(self, sender, kwargs)
         except EncodingError as exc:  # the library's values: delivered here, never raised
             bus._stats.add("unsendable")
             _unsendable.warning(

@@ -103,6 +103,11 @@ class Bus:
       ``signalbus ls`` (see :mod:`signalbus.catalog`).
 
     Threads start on first use. A bus is a context manager; ``close()`` flushes.
+
+    A :class:`~signalbus.Signal` drives its bus through public methods, which an
+    integration (a bridge, say) may use too: ``define`` (the catalog), ``watch`` and
+    ``release`` (subscriptions), ``join`` (groups), ``publish``, and what a signal's
+    ``history``, ``replay``, ``dead_letters``, ``requeue`` and ``group_status`` do.
     """
 
     def __init__(
@@ -286,7 +291,7 @@ class Bus:
 
     # -- the catalog -------------------------------------------------------------
 
-    def _define(self, signals: Iterable[Signal]) -> None:
+    def define(self, signals: Iterable[Signal]) -> None:
         """Record ``signals`` in the catalog (in the background), if this bus keeps it."""
         if self._records_catalog and not self._closed:
             self._catalog.record(signals)
@@ -296,7 +301,7 @@ class Bus:
 
     # -- sending -----------------------------------------------------------------
 
-    def _publish(
+    def publish(
         self, signal: Signal, sender: Any, kwargs: dict[str, Any], *, wait: bool = True
     ) -> Event | None:
         """Encode and hand to the publisher; the Event local receivers will see.
@@ -370,9 +375,10 @@ class Bus:
         keep = self._keep_for(signals[0])
         return None if keep is None else (signals[0].channel, keep.stream_key)
 
-    def _read_history(
+    def read_history(
         self, signal: Signal, since: TimeBound, until: TimeBound, limit: int | None
     ) -> Iterator[Event]:
+        """What :meth:`Signal.history` reads, on this bus."""
         events = read_history(
             self._commands,
             self.codec,
@@ -387,7 +393,7 @@ class Bus:
             events, f"signal {signal.channel!r}: reading its history failed"
         )
 
-    def _replay(
+    def replay(
         self,
         signal: Signal,
         since: TimeBound,
@@ -399,10 +405,11 @@ class Bus:
         progress: Callable[[Event], object] | None,
         group: str | None,
     ) -> ReplayReport:
+        """What :meth:`Signal.replay` does, on this bus."""
         if group is None:
             write = to_subscribers(self._key(signal.channel))
         else:
-            check_group(self._group_status(signal), signal.channel, group, "nothing was replayed")
+            check_group(self.group_status(signal), signal.channel, group, "nothing was replayed")
             write = to_group(retry_key(self.prefix, signal.channel, group))
         return replay(
             self._commands,
@@ -458,7 +465,7 @@ class Bus:
             bridged.close()
         self._publisher.close(_left(deadline))
         self._catalog.close(_left(deadline))
-        self._stop_receiving(_left(deadline))
+        self.stop_receiving(_left(deadline))
         self._server.close()
         self._commands.close()
         if self._owns_client:
@@ -476,7 +483,7 @@ class Bus:
 
     # -- receiving ---------------------------------------------------------------
 
-    def _watch(self, signals: Iterable[Signal]) -> None:
+    def watch(self, signals: Iterable[Signal]) -> None:
         """Subscribe to the channels of ``signals``, which have receivers now."""
         if self._closed:
             return
@@ -499,7 +506,9 @@ class Bus:
                 self.subscribe_timeout,
             )
 
-    def _release(self, signal: Signal) -> None:
+    def release(self, signal: Signal) -> None:
+        """Note that ``signal`` may have lost its last receiver (safe during garbage
+        collection: see :meth:`signalbus.subscriber.Subscriber.release`)."""
         self._subscriber.release(self._key(signal.channel))
 
     def _signals_for(self, key: bytes) -> tuple[Signal, ...]:
@@ -558,7 +567,7 @@ class Bus:
         stream = warning.partition(": ")[0]
         self._log.error(f"trim:{stream}", "signalbus: history trimming: %s", warning)
 
-    def _join(self, signal: Signal, group: Group) -> None:
+    def join(self, signal: Signal, group: Group) -> None:
         """Let this process handle ``group``'s share of ``signal``'s events."""
         known = self._groups.get(group.name)
         if known is not None and known != group:
@@ -641,25 +650,28 @@ class Bus:
         finally:
             _current.reset(token)
 
-    def _dead_letters(self, signal: Signal, group: str) -> Iterator[DeadLetter]:
+    def dead_letters(self, signal: Signal, group: str) -> Iterator[DeadLetter]:
+        """What :meth:`Signal.dead_letters` reads, on this bus."""
         dead = dead_letter_key(self.prefix, signal.channel, group)
         return iterate_with_transport_errors(
             dead_letters(self._commands, self.codec, signal.channel, dead, self._token),
             f"signal {signal.channel!r}: reading the dead letters of {group!r} failed",
         )
 
-    def _group_status(self, signal: Signal) -> list[GroupStatus]:
+    def group_status(self, signal: Signal) -> list[GroupStatus]:
+        """What :meth:`Signal.group_status` reads, on this bus."""
         stream = self._kept(signal).stream_key
         with transport_errors(f"signal {signal.channel!r}: reading its groups failed"):
             return group_status(self._commands, self.prefix, signal.channel, stream)
 
-    def _requeue(self, signal: Signal, group: str, ids: Collection[str] | None) -> int:
+    def requeue(self, signal: Signal, group: str, ids: Collection[str] | None) -> int:
+        """What :meth:`Signal.requeue` does, on this bus."""
         dead = dead_letter_key(self.prefix, signal.channel, group)
         retry = retry_key(self.prefix, signal.channel, group)
         with transport_errors(f"signal {signal.channel!r}: requeueing for {group!r} failed"):
             return requeue(self._commands, dead, retry, ids)
 
-    def _stop_receiving(self, timeout: float = 1.0) -> None:
+    def stop_receiving(self, timeout: float = 1.0) -> None:
         """Stop receiving in this process (a server's master, which forked the workers
         that receive); it can still send. Waits up to ``timeout`` for the threads."""
         deadline = time.monotonic() + timeout
@@ -782,11 +794,11 @@ def add_default(bus: Bus) -> None:
     if known:
         return
     unbound = list(_unbound)
-    bus._define(unbound)
-    bus._watch([signal for signal in unbound if signal.receivers])
+    bus.define(unbound)
+    bus.watch([signal for signal in unbound if signal.receivers])
     for signal in unbound:
         for group in signal.groups():
-            bus._join(signal, group)
+            bus.join(signal, group)
 
 
 def _remove_default(bus: Bus) -> None:
@@ -800,7 +812,7 @@ def track_unbound(signal: Signal) -> None:
     record it in their catalogs."""
     _unbound.add(signal)
     for bus in _defaults:
-        bus._define([signal])
+        bus.define([signal])
 
 
 def configure(url: str | None = None, **options: Any) -> Bus:

@@ -203,7 +203,7 @@ def _after_fork_in_parent() -> None:
     if _shared and _spawning_gunicorn_worker():
         for shared in list(_shared.values()):
             if not shared.bus.closed:
-                guarded(shared.bus._stop_receiving, "this gunicorn master goes on receiving too")
+                guarded(shared.bus.stop_receiving, "this gunicorn master goes on receiving too")
 
 
 def _after_fork_in_child() -> None:

@@ -118,7 +118,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
         if bus is None:
             bus_module.track_unbound(self)
         else:
-            bus._define([self])
+            bus.define([self])
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} {self.channel!r}>"
@@ -141,7 +141,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
         ``since`` and ``until`` (both included) take a datetime, a timedelta back from
         now, or a stream entry id; ``limit`` caps how many are read.
         """
-        return self._bus_or_raise()._read_history(self, since, until, limit)
+        return self._bus_or_raise().read_history(self, since, until, limit)
 
     def replay(
         self,
@@ -164,7 +164,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
         ``group``, only that group's receivers get the events (one process each), and
         no broadcast receiver does. Returns once every replayed event is on the server.
         """
-        return self._bus_or_raise()._replay(
+        return self._bus_or_raise().replay(
             self,
             since,
             until,
@@ -210,7 +210,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
         self._choose_replays(receiver, replays)
         try:
             for bus in self._receiving_buses():
-                bus._watch([self])
+                bus.watch([self])
         except (SubscribeError, ConfigurationError):
             self.disconnect(receiver, sender)
             raise
@@ -226,7 +226,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
                 f"{known[0]}; give every receiver of a group the same options"
             )
         for bus in self._receiving_buses():
-            bus._join(self, group)  # raises first if the signal keeps no history
+            bus.join(self, group)  # raises first if the signal keeps no history
         receivers = known[1] if known else _ReplayChoices()
         self._groups[group.name] = (group, receivers)
         receivers.connect(receiver, sender, weak)
@@ -273,17 +273,17 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
 
     def dead_letters(self, group: str) -> c.Iterator[DeadLetter]:
         """The events ``group`` gave up on, oldest first, with the error and attempts."""
-        return self._bus_or_raise()._dead_letters(self, group)
+        return self._bus_or_raise().dead_letters(self, group)
 
     def requeue(self, group: str, ids: c.Collection[str] | None = None) -> int:
         """Give dead letters (``ids``, default all) to ``group`` again, to that group
         alone; returns how many. Each gets a fresh set of attempts."""
-        return self._bus_or_raise()._requeue(self, group, ids)
+        return self._bus_or_raise().requeue(self, group, ids)
 
     def group_status(self) -> list[GroupStatus]:
         """Every group reading this signal, from any process: its members, what they
         hold unacknowledged, how far behind it is, and its dead letters."""
-        return self._bus_or_raise()._group_status(self)
+        return self._bus_or_raise().group_status(self)
 
     def groups(self) -> list[Group]:
         """The groups this signal has receivers in, in this process."""
@@ -312,7 +312,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
         super()._disconnect(receiver_id, sender_id)
         if not self.receivers:
             for bus in self._receiving_buses():
-                bus._release(self)
+                bus.release(self)
 
     def send(
         self,
@@ -335,7 +335,7 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
             return super().send(sender, _async_wrapper=_async_wrapper, **kwargs)
         if self.is_muted:
             return []
-        event = bus._publish(self, sender, kwargs)
+        event = bus.publish(self, sender, kwargs)
         if not self.receivers:
             return []
         token = _current.set(event)
@@ -364,9 +364,9 @@ class Signal(_ReplayChoices, blinker.NamedSignal):
             return []
         # Waiting for room in the queue, or for Redis in synchronous mode, happens in a
         # worker thread: the event loop never blocks on Redis.
-        event = bus._publish(self, sender, kwargs, wait=False)
+        event = bus.publish(self, sender, kwargs, wait=False)
         if event is None:
-            event = await asyncio.to_thread(bus._publish, self, sender, kwargs)
+            event = await asyncio.to_thread(bus.publish, self, sender, kwargs)
         token = _current.set(event)
         try:
             return await super().send_async(sender, _sync_wrapper=_sync_wrapper, **kwargs)

@@ -470,7 +470,7 @@ def test_connect_in_a_process_that_stopped_receiving_does_not_wait(
     """A gunicorn --preload master stops receiving once it forked its workers: a receiver
     connected there afterwards gets no confirmation, and connect() does not wait for one."""
     bus = make_bus(subscribe_timeout=10)
-    bus._stop_receiving()
+    bus.stop_receiving()
     signal = Namespace("auth", bus=bus).signal("logged-in")
     assert _timed(lambda: signal.connect(Recorder())) < 1.0
 

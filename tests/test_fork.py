@@ -66,7 +66,7 @@ def test_a_child_forked_right_after_a_receiver_went_still_receives(
     gone = Recorder()
     auth.signal("logged-out").connect(gone)
     if master:  # a gunicorn --preload master, once it forked its first worker
-        bus._stop_receiving()
+        bus.stop_receiving()
     # The parent's reader has not noticed yet (a master's never will) that this
     # channel lost its last receiver: the child's fork handling finds it so.
     auth.signal("logged-out").disconnect(gone)
