@@ -112,15 +112,15 @@ def _attributes(module: t.Any) -> list[tuple[str, t.Any]]:
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _unsendable
+    global _lock, _log
     _lock = threading.Lock()  # another thread may have held it at the fork
-    _unsendable = ThrottledLog()
+    _log = ThrottledLog()
 
 
 _places = _Places()
 _lock = threading.Lock()
 # Per process, not per bus: an app per test makes a bus per test, and each would log.
-_unsendable = ThrottledLog()
+_log = ThrottledLog()
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
@@ -156,16 +156,16 @@ class BridgedSignal(Signal):
         try:
             bus.publish(self, sender, kwargs)
         except EncodingError as exc:  # the library's values: delivered here, never raised
-            bus._stats.add("unsendable")
-            _unsendable.warning(
+            bus.count("unsendable")
+            _log.warning(
                 f"unsendable:{self.channel}",
                 "signalbus: a send of bridged signal %r was delivered in this process only: %s",
                 self.channel,
                 exc,
             )
         except SignalBusError as exc:
-            bus._stats.add("dropped")
-            bus._log.warning(
+            bus.count("dropped")
+            _log.warning(
                 f"bridge:{self.channel}",
                 "signalbus: bridged signal %r not published: %s",
                 self.channel,

@@ -481,6 +481,11 @@ class Bus:
         """Counters of what this bus did in this process (see :class:`signalbus.stats.Stats`)."""
         return self._stats.snapshot()
 
+    def count(self, counter: str, amount: int = 1) -> None:
+        """Add to one of :meth:`stats`' counters what an integration did on this bus's
+        behalf (a bridge counts the library's sends it could not publish)."""
+        self._stats.add(counter, amount)
+
     # -- receiving ---------------------------------------------------------------
 
     def watch(self, signals: Iterable[Signal]) -> None:
