@@ -504,9 +504,10 @@ class Bus:
             self._signals = watched
         if keys and not self._subscriber.subscribe(keys, self.subscribe_timeout):
             self._check_server(", ".join(f"signal {signal.channel!r}" for signal in signals))
-            logger.warning(
-                "subscription to %s not confirmed within %.1fs; receivers will "
-                "get remote events once Redis answers",
+            self._log.warning(
+                "unconfirmed",
+                "subscription to %s not confirmed (Redis unreachable, or silent for up to "
+                "%.1fs); receivers will get remote events once Redis answers",
                 ", ".join(k.decode(errors="replace") for k in keys),
                 self.subscribe_timeout,
             )
