@@ -427,7 +427,10 @@ class SentinelSetup:
         if len(ports) != 1:
             return None
         (port,) = ports
-        return next(server for server in (self.master, self.replica) if server.port == port)
+        for server in (self.master, self.replica):
+            if server.port == port:
+                return server
+        raise RuntimeError(f"the sentinels name a master on port {port}, not one of ours")
 
     def current_master(self) -> RedisServer:
         """The server the sentinels name as master now (RuntimeError if they disagree)."""
