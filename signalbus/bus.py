@@ -25,7 +25,7 @@ import blinker
 import redis
 
 from .catalog import CatalogWriter, Definition, definition
-from .codec import TOKEN_SIZE, Codec, Envelope, event_id, head, seal
+from .codec import Codec, Envelope
 from .errors import ConfigurationError, PublishError
 from .event import Event, _current
 from .groups import (
@@ -48,7 +48,7 @@ from .receiver_context import of_sender
 from .recovery import Recovery
 from .replay import ReplayReport, replay, to_group, to_subscribers
 from .schema import validated
-from .signing import SIGNED_OFFSET, Signer
+from .signing import Signer
 from .stats import Stats, ThrottledLog, logger
 from .subscriber import Dispatcher, Subscriber, call
 from .transport import (
@@ -61,6 +61,7 @@ from .transport import (
     redacted,
     transport_errors,
 )
+from .wire import SIGNED_OFFSET, TOKEN_SIZE, event_id, head, seal
 
 if TYPE_CHECKING:
     from .bridge import BridgedSignal

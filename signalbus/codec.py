@@ -26,7 +26,6 @@ import decimal
 import enum
 import functools
 import re
-import struct
 import sys
 import threading
 import types
@@ -40,21 +39,21 @@ import msgpack
 
 from .errors import ConfigurationError, DecodingError, EncodingError, MessageTooLargeError
 from .event import Event
+from .signing import Signer
+from .wire import (
+    APPENDED,
+    ARRAY_HEADS,
+    ENVELOPE_HEAD,
+    ENVELOPE_TAIL,
+    SEALING,
+    SIGNED_OFFSET,
+    event_id,
+    head,
+    seal,
+)
 
-if t.TYPE_CHECKING:
-    from .signing import Signer
+__all__ = ["Codec", "Envelope"]
 
-__all__ = ["ENVELOPE_VERSION", "Codec", "Envelope", "head", "seal"]
-
-ENVELOPE_VERSION = 1
-TOKEN_SIZE = 8
-# fixarray of 8 (9 with a stream entry id, 10 replayed), the version, bin8 of
-# TOKEN_SIZE: what every envelope starts with. ENVELOPE_TAIL is that start without
-# the array's size.
-ENVELOPE_HEAD = bytes([0x98, ENVELOPE_VERSION, 0xC4, TOKEN_SIZE])
-ENVELOPE_TAIL = ENVELOPE_HEAD[1:]
-REPLAY_HEAD = 0x9A
-_ARRAY_SIZES = (0x98, 0x99, REPLAY_HEAD)
 MAX_EXT_DEPTH = 32
 """How deep extension values (tuples, sets, dataclasses, ...) may nest. Each level is
 a separate unpack (and pack) through Python frames, so this keeps both far from the
@@ -123,40 +122,6 @@ class Envelope(NamedTuple):
             group=group,
             attempt=attempt,
         )
-
-
-def head(token: bytes) -> bytes:
-    """What every event of the bus whose token is ``token`` starts with."""
-    return ENVELOPE_HEAD + token
-
-
-def seal(head: bytes, seq: int, body: bytes) -> bytes:
-    """The event numbered ``seq``: its bus's ``head``, the number, then ``body`` (from
-    :meth:`Codec.encode_body`) without its own array head: one msgpack array of eight."""
-    if seq < 0x80:
-        number = _FIXINT[seq]
-    elif seq < 1 << 32:
-        number = _UINT32(0xCE, seq)
-    else:
-        number = _UINT64(0xCF, seq)
-    return head + number + body[1:]
-
-
-_FIXINT = [bytes([n]) for n in range(0x80)]
-_UINT32 = struct.Struct(">BI").pack
-_UINT64 = struct.Struct(">BQ").pack
-# What sealing adds to a body at most: the head and token, a uint64, less the body's head.
-_SEALING = len(ENVELOPE_HEAD) + TOKEN_SIZE + 9 - 1
-# What may be added to an event after it is sealed, and counts against a receiver's
-# max_message_size as much as the event: the stream entry id the server appends where
-# history keeps it (a str8 of at most 41 characters, "<uint64>-<uint64>"), and the
-# replay mark (one byte); on a signing bus, the signature too (see signalbus.signing).
-_APPENDED = 2 + 41 + 1
-
-
-def event_id(token_hex: str, seq: int) -> str:
-    """The id of the ``seq``-th event sent by the bus whose token is ``token_hex``."""
-    return f"{token_hex}-{seq}"
 
 
 class _RegisteredType(NamedTuple):
@@ -244,12 +209,10 @@ class Codec:
     """
 
     def __init__(self, *, max_message_size: int, signer: Signer | None = None) -> None:
-        from .signing import SIGNED_OFFSET, Signer  # it builds on this module's envelope layout
-
         self.max_message_size = max_message_size
         self.signer = signer if signer is not None else Signer(())
         # A receiver with the same limit must take whatever this bus sends.
-        self._overhead = _SEALING + _APPENDED + (SIGNED_OFFSET if self.signer.signs else 0)
+        self._overhead = SEALING + APPENDED + (SIGNED_OFFSET if self.signer.signs else 0)
         self._largest_body = max_message_size - self._overhead
         # Registered senders, by id (how each travels) and by name (what arrives): held
         # weakly where Python allows, so a collected sender is forgotten.
@@ -495,7 +458,7 @@ class Codec:
         data = self.signer.open(data)
         if stored and not data.startswith(ENVELOPE_HEAD):
             raise DecodingError("not an event of eight fields, as history keeps them")
-        if not (data[:1] and data[0] in _ARRAY_SIZES and data.startswith(ENVELOPE_TAIL, 1)):
+        if not (data[:1] and data[0] in ARRAY_HEADS and data.startswith(ENVELOPE_TAIL, 1)):
             raise DecodingError("not a signalbus envelope (or an unknown version)")
         try:
             fields = self._unpack(data, self._top_ext_hook)

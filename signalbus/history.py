@@ -113,10 +113,13 @@ def epoch_made(epoch: bytes) -> int | None:
     return int(milliseconds) if colon and milliseconds.isdigit() else None
 
 
-# KEYS are the streams of the batch. ARGV holds, per stream in KEYS order, its max
-# count and max age in ms ("0": no age limit; the script turns it into the oldest id
-# to keep by the server's clock, which made the ids); then, per event, its stream's index (0: not
-# kept), its channel and its envelope (signed or not). Errors are returned per event
+# KEYS are the streams of the batch. ARGV holds first what the script needs of the
+# wire layout (signalbus.wire.script_arguments: the signature's first byte, where the
+# array starts after a signature, the array head with the entry id appended); then,
+# per stream in KEYS order, its max count and max age in ms ("0": no age limit; the
+# script turns it into the oldest id to keep by the server's clock, which made the
+# ids); then, per event, its stream's index (0: not kept), its channel and its
+# envelope (signed or not). Errors are returned per event
 # (pcall), so one refused event never undoes or stops the others; an event whose
 # PUBLISH is refused is taken out of its stream again. Each stream is trimmed once per
 # batch, after its events; the reply is {results per event, warnings}.
@@ -207,9 +210,10 @@ local function min_id_for(max_age)
   return string.format('%d', math.max(0, ms - tonumber(max_age)))
 end
 
+local SIGNATURE, SIGNED_AT, KEPT = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local streams = #KEYS
 local out = {}
-for a = 2 * streams + 1, #ARGV, 3 do
+for a = 2 * streams + 4, #ARGV, 3 do
   local s, channel, event = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
   local result
   if s == 0 then
@@ -219,8 +223,8 @@ for a = 2 * streams + 1, #ARGV, 3 do
     result = id
     if type(id) ~= 'table' then
       local at = 1
-      if string.byte(event, 1) == 0xc4 then at = 35 end  -- after a signature
-      local kept = string.sub(event, 1, at - 1) .. string.char(0x99)
+      if string.byte(event, 1) == SIGNATURE then at = SIGNED_AT end
+      local kept = string.sub(event, 1, at - 1) .. string.char(KEPT)
         .. string.sub(event, at + 1) .. cmsgpack.pack(id)
       result = redis.pcall('PUBLISH', channel, kept)
       -- refused (an ACL without the channel): not sent, so not kept either
@@ -231,7 +235,7 @@ for a = 2 * streams + 1, #ARGV, 3 do
 end
 local warnings = {}
 for s = 1, streams do
-  local ok, warning = pcall(trim, KEYS[s], tonumber(ARGV[2 * s - 1]), min_id_for(ARGV[2 * s]))
+  local ok, warning = pcall(trim, KEYS[s], tonumber(ARGV[2 * s + 2]), min_id_for(ARGV[2 * s + 3]))
   if not ok then warning = KEYS[s] .. ': trimming failed: ' .. tostring(warning) end
   if warning then warnings[#warnings + 1] = warning end
 end

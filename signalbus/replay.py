@@ -16,15 +16,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import msgpack
 import redis
 from redis.client import Pipeline
 
-from .codec import REPLAY_HEAD, Codec, Envelope
+from .codec import Codec, Envelope
 from .errors import ArgumentError, PublishError
 from .event import Event
 from .history import Fields, TimeBound, check_limit, decoded, entries, entry_bound
-from .signing import SIGNATURE_HEAD, SIGNED_OFFSET
+from .wire import replayed
 
 if TYPE_CHECKING:
     from .signals import Signal
@@ -33,7 +32,6 @@ __all__ = ["ReplayReport"]
 
 _BATCH = 100
 _EARLY = 0.005  # how far ahead of its pace a replay may publish, to batch at high rates
-_REPLAY_MARK: bytes = msgpack.packb(True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +51,6 @@ class ReplayReport:
     seconds: float
 
 
-def replay_message(entry: bytes, stream_id: str) -> bytes:
-    """The message that replays a kept ``entry`` (eight fields, as history keeps them,
-    after its signature if it has one)."""
-    at = SIGNED_OFFSET if entry.startswith(SIGNATURE_HEAD) else 0
-    return b"".join(
-        (entry[:at], bytes([REPLAY_HEAD]), entry[at + 1 :], msgpack.packb(stream_id), _REPLAY_MARK)
-    )
-
-
 Write = Callable[[Pipeline, Envelope, Fields], object]
 """Adds the command that replays one kept event to a pipeline."""
 
@@ -69,7 +58,7 @@ Write = Callable[[Pipeline, Envelope, Fields], object]
 def to_subscribers(channel_key: bytes) -> Write:
     """Replay to every process listening: PUBLISH, with the replay mark."""
     return lambda pipeline, envelope, fields: pipeline.publish(
-        channel_key, replay_message(fields[b"e"], envelope.stream_id or "")
+        channel_key, replayed(fields[b"e"], envelope.stream_id or "")
     )
 
 

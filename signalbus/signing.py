@@ -21,16 +21,12 @@ import hmac
 import os
 from collections.abc import Iterable
 
-from .codec import ENVELOPE_HEAD, REPLAY_HEAD
 from .errors import ConfigurationError, DecodingError
+from .wire import SENT_HEAD, SIGNATURE_HEAD, SIGNED_OFFSET, signed_end
 
-__all__ = ["MIN_KEY_SIZE", "SIGNATURE_HEAD", "SIGNED_OFFSET", "Signer"]
+__all__ = ["MIN_KEY_SIZE", "Signer"]
 
-SIGNATURE_HEAD = b"\xc4\x20"
-SIGNED_OFFSET = len(SIGNATURE_HEAD) + 32
-_KEPT = ENVELOPE_HEAD[:1]  # 0x98: the eight-field form
-_STORED_ID = 0x99
-_TRUE = 0xC3
+_KEPT = bytes([SENT_HEAD])  # signed as history keeps it: the eight-field form
 
 
 MIN_KEY_SIZE = 16
@@ -107,7 +103,7 @@ class Signer:
             return message
         if self.keys:
             view = memoryview(message)
-            signed = view[SIGNED_OFFSET + 1 : _signed_end(message)]  # after the array's size
+            signed = view[SIGNED_OFFSET + 1 : signed_end(message)]  # after the array's size
             signature = view[len(SIGNATURE_HEAD) : SIGNED_OFFSET]
             if not any(
                 hmac.compare_digest(key.digest(_KEPT, signed), signature) for key in self.keys
@@ -140,32 +136,3 @@ def _checked(keys: object, source: str) -> list[bytes]:
             )
         checked.append(encoded)
     return checked
-
-
-_STREAM_ID_CHARACTERS = b"0123456789-"
-
-
-def _signed_end(message: bytes) -> int:
-    """Where the signed envelope in ``message`` ends: before the entry id and replay
-    mark the server appended, if any. It was signed in its eight-field form."""
-    if len(message) <= SIGNED_OFFSET:
-        raise DecodingError("empty message")
-    head = message[SIGNED_OFFSET]
-    if head == _KEPT[0]:
-        return len(message)
-    end = len(message)
-    if head == REPLAY_HEAD and message[-1] == _TRUE:
-        end -= 1
-    elif head != _STORED_ID:
-        raise DecodingError("not a signalbus envelope (or an unknown version)")
-    # The id is a msgpack string of digits and a dash, none of which can be its header
-    # (a fixstr header, or str8's length byte: ids are at most 41 long).
-    digits = end - len(message[:end].rstrip(_STREAM_ID_CHARACTERS))
-    header_at = end - digits - 1
-    if header_at - 1 <= SIGNED_OFFSET:
-        raise DecodingError("malformed stream entry id")
-    if 0 < digits < 32 and message[header_at] == 0xA0 + digits:
-        return header_at
-    if digits >= 32 and message[header_at] == digits and message[header_at - 1] == 0xD9:
-        return header_at - 1
-    raise DecodingError("malformed stream entry id")

@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, cast
 
 from . import event as event_module
-from .codec import ENVELOPE_TAIL, REPLAY_HEAD, Codec, Envelope
+from .codec import Codec, Envelope
 from .errors import (
     ConfigurationError,
     DecodingError,
@@ -42,6 +42,7 @@ from .recovery import Recovery, Subscribed
 from .schema import validated
 from .stats import Stats, ThrottledLog
 from .transport import Backoff, Refusal, SubscribeConnection
+from .wire import ENVELOPE_TAIL, REPLAY_HEAD
 
 if TYPE_CHECKING:
     from .signals import Signal

@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import ConfigurationError, TransportError
 from .history import EPOCH_SCRIPT, PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, Keep
 from .stats import logger
+from .wire import script_arguments
 
 __all__ = [
     "NETWORK_ERRORS",
@@ -297,6 +298,7 @@ def _bulk_parts(value: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 _cached_bulk = functools.lru_cache(maxsize=4096)(_bulk)
+_LAYOUT = script_arguments()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -375,7 +377,14 @@ class PublishConnection:
                 if index > len(retention) // 2:
                     retention += (keep.max_count, keep.max_age_arg)
             per_event += (_cached_bulk(b"%d" % index), _cached_bulk(channel), *_bulk_parts(data))
-        head = [b"EVALSHA", PUBLISH_SCRIPT_SHA, b"%d" % len(streams), *streams, *retention]
+        head = [
+            b"EVALSHA",
+            PUBLISH_SCRIPT_SHA,
+            b"%d" % len(streams),
+            *streams,
+            *_LAYOUT,
+            *retention,
+        ]
         size = len(head) + 3 * len(events)
         return b"".join([b"*%d\r\n" % size, *map(_bulk, head), *per_event])
 

@@ -25,13 +25,13 @@ from pydantic.alias_generators import to_camel
 
 from signalbus import DecodingError, EncodingError, MessageTooLargeError
 from signalbus.codec import (
-    ENVELOPE_VERSION,
     MAX_EXT_DEPTH,
     MSGPACK_MAX_NESTING,
     Codec,
     Envelope,
     Ext,
 )
+from signalbus.wire import ENVELOPE_VERSION
 
 TOKEN = bytes(range(1, 9))
 CHANNEL = "tests.codec-signal"

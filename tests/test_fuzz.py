@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from signalbus import DecodingError
-from signalbus.codec import ENVELOPE_HEAD, ENVELOPE_TAIL, ENVELOPE_VERSION, Codec, Envelope, Ext
-from signalbus.signing import SIGNATURE_HEAD, Signer
+from signalbus.codec import Codec, Envelope, Ext
+from signalbus.signing import Signer
+from signalbus.wire import ENVELOPE_HEAD, ENVELOPE_TAIL, ENVELOPE_VERSION, SIGNATURE_HEAD
 
 FUZZ_EXAMPLES = int(os.environ.get("SIGNALBUS_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(

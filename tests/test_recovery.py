@@ -22,9 +22,9 @@ from signalbus.codec import Codec, Envelope
 from signalbus.history import PUBLISH_SCRIPT
 from signalbus.keyspace import stream_key
 from signalbus.recovery import MAX_SENDERS, Recovery
-from signalbus.signing import SIGNED_OFFSET
 from signalbus.stats import Stats, ThrottledLog
 from signalbus.testing import Ledger, Proxy, RedisServer
+from signalbus.wire import SIGNED_OFFSET, script_arguments
 
 from .helpers import wait_for
 
@@ -304,7 +304,9 @@ def test_an_event_published_twice_is_delivered_once(
     )
     stream = f"{prefix}signalbus:history:{CHANNEL}"
     for _ in range(2):  # as a publisher retrying after a lost reply would
-        raw.eval(PUBLISH_SCRIPT, 1, stream, 100, "0", 1, prefix + CHANNEL, data)  # type: ignore[no-untyped-call]
+        raw.eval(
+            PUBLISH_SCRIPT, 1, stream, *script_arguments(), 100, "0", 1, prefix + CHANNEL, data
+        )  # type: ignore[no-untyped-call]
     signal = Namespace("auth", bus=sender_bus).signal("logged-in")
     send(sender_bus, signal, range(1, 2))
     ledger.wait(2)

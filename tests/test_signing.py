@@ -14,7 +14,8 @@ import redis
 from hypothesis import strategies
 
 from signalbus import Bus, ConfigurationError, DecodingError, Namespace
-from signalbus.signing import SIGNATURE_HEAD, SIGNED_OFFSET, Signer, _Key
+from signalbus.signing import Signer, _Key
+from signalbus.wire import SIGNATURE_HEAD, SIGNED_OFFSET
 
 from .helpers import Child, Recorder, wait_for
 
