@@ -8,8 +8,6 @@ keeps the receivers it inherited, and does not publish what its parent had queue
 from __future__ import annotations
 
 import atexit
-import contextlib
-import functools
 import itertools
 import math
 import os
@@ -25,15 +23,16 @@ import blinker
 import redis
 
 from .catalog import CatalogWriter, Definition, definition
-from .codec import Codec, Envelope
+from .codec import Codec
 from .errors import ConfigurationError, PublishError
-from .event import Event, _current
+from .event import Event
 from .groups import (
     DeadLetter,
     Group,
     GroupConsumer,
     GroupStatus,
-    Route,
+    Handler,
+    Membership,
     Streams,
     check_group,
     dead_letters,
@@ -47,10 +46,9 @@ from .publisher import QUEUE_FULL_POLICIES, Publisher, QueueFullPolicy
 from .receiver_context import of_sender
 from .recovery import Recovery
 from .replay import ReplayReport, replay, to_group, to_subscribers
-from .schema import validated
 from .signing import Signer
 from .stats import Stats, ThrottledLog, logger
-from .subscriber import Dispatcher, Subscriber, call
+from .subscriber import Dispatcher, Subscriber
 from .transport import (
     PublishConnection,
     ServerCheck,
@@ -185,8 +183,7 @@ class Bus:
         # (a fork's) can be walked while the map changes.
         self._signals: dict[bytes, tuple[Signal, ...]] = {}
         # Signals with group receivers: group -> stream key -> signals; replaced, not mutated.
-        self._groups: dict[str, Group] = {}
-        self._group_signals: dict[str, dict[bytes, tuple[Signal, ...]]] = {}
+        self._membership = Membership(prefix, self._receiver_context)
         self._keys: dict[str, bytes] = {}
         self._bridges: list[BridgedSignal] = []
         self._closed = False
@@ -216,7 +213,7 @@ class Bus:
         # (see _check_client).
         self._commands = command_client(self.client, self._server)
         self._catalog = CatalogWriter(self._commands, self.prefix, self._describe)
-        self._consumers: dict[str, GroupConsumer] = {}
+        self._membership.start_process_life(self._token, self._group_consumer)
         recovery = Recovery(
             self._commands,
             self.codec,
@@ -576,86 +573,27 @@ class Bus:
 
     def join(self, signal: Signal, group: Group) -> None:
         """Let this process handle ``group``'s share of ``signal``'s events."""
-        known = self._groups.get(group.name)
-        if known is not None and known != group:
-            raise ConfigurationError(
-                f"group {group.name!r} is already set up in this process as {known}; "
-                "give every receiver of a group the same options"
-            )
-        streams = (
-            self._kept(signal).stream_key,
-            retry_key(self.prefix, signal.channel, group.name),
+        self._membership.check(group)
+        stream = self._kept(signal).stream_key  # raises if the signal keeps no history
+        if not self._closed:
+            self._membership.join(signal, group, stream, self.subscribe_timeout)
+
+    def _group_consumer(
+        self, group: Group, streams: Callable[[], Streams], handle: Handler
+    ) -> GroupConsumer:
+        """A group's consumer on this process's connections."""
+        return GroupConsumer(
+            self._commands,
+            self.codec,
+            group,
+            f"{self.origin}:{self._token_hex}",
+            streams,
+            handle,
+            gap_sender=self,
+            stats=self._stats,
+            log=self._log,
+            stopping=self._stopping,
         )
-        if self._closed:
-            return
-        with self._lock:
-            self._groups[group.name] = group
-            by_stream = dict(self._group_signals.get(group.name, {}))
-            for stream in streams:
-                if signal not in by_stream.get(stream, ()):
-                    by_stream[stream] = (*by_stream.get(stream, ()), signal)
-            self._group_signals = {**self._group_signals, group.name: by_stream}
-        consumer = self._consumer(group)
-        route = Route(signal.channel, dead_letter_key(self.prefix, signal.channel, group.name))
-        consumer.prepare(dict.fromkeys(streams, route), self.subscribe_timeout)
-        consumer.start()
-
-    def _consumer(self, group: Group) -> GroupConsumer:
-        with self._lock:
-            consumer = self._consumers.get(group.name)
-            if consumer is None:
-                consumer = self._consumers[group.name] = GroupConsumer(
-                    self._commands,
-                    self.codec,
-                    group,
-                    f"{self.origin}:{self._token_hex}",
-                    lambda: self._group_streams(group.name),
-                    functools.partial(self._handle_for_group, group.name),
-                    gap_sender=self,
-                    stats=self._stats,
-                    log=self._log,
-                    stopping=self._stopping,
-                )
-            return consumer
-
-    def _group_streams(self, name: str) -> Streams:
-        """The streams ``name`` reads in this process, each with its channel and its
-        dead-letter stream."""
-        return {
-            stream: Route(
-                signals[0].channel, dead_letter_key(self.prefix, signals[0].channel, name)
-            )
-            for stream, signals in self._group_signals.get(name, {}).items()
-            if any(signal.has_group_receivers(name) for signal in signals)
-        }
-
-    def _handle_for_group(
-        self, name: str, stream: bytes, envelope: Envelope, entry_id: str, attempt: int
-    ) -> None:
-        """Run ``name``'s receivers for one event; what they raise is the event's failure.
-
-        A muted signal runs none, as for broadcast receivers: the event counts as
-        handled, acknowledged rather than tried again until it goes to dead letters.
-        """
-        signals = self._group_signals.get(name, {}).get(stream, ())
-        event = envelope._replace(stream_id=entry_id).event(
-            self._token, group=name, attempt=attempt
-        )
-        token = _current.set(event)
-        try:
-            context = self._receiver_context
-            with contextlib.nullcontext() if context is None else context(envelope.sender):
-                for signal in signals:
-                    if signal.channel == envelope.channel and not signal.is_muted:
-                        kwargs = envelope.kwargs
-                        if signal.schema is not None:
-                            kwargs = validated(signal.schema, signal.channel, kwargs)
-                        for receiver in signal.group_receivers_for(
-                            name, envelope.sender, replayed=envelope.replayed
-                        ):
-                            call(receiver, envelope.sender, kwargs)
-        finally:
-            _current.reset(token)
 
     def dead_letters(self, signal: Signal, group: str) -> Iterator[DeadLetter]:
         """What :meth:`Signal.dead_letters` reads, on this bus."""
@@ -683,8 +621,7 @@ class Bus:
         that receive); it can still send. Waits up to ``timeout`` for the threads."""
         deadline = time.monotonic() + timeout
         self._subscriber.close(timeout)
-        for consumer in list(self._consumers.values()):
-            consumer.join(_left(deadline))
+        self._membership.join_consumers(deadline)
 
     def _after_fork_in_child(self) -> None:
         """Start this process's life: its own threads and sockets, subscribed to the
@@ -695,8 +632,7 @@ class Bus:
         if wanted and not self._closed:
             self._subscriber.subscribe(wanted, timeout=0)
         if not self._closed:
-            for group in list(self._groups.values()):
-                self._consumer(group).start()
+            self._membership.start()
 
 
 def url_or_default(url: str | None) -> str:

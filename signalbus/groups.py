@@ -22,22 +22,30 @@ again arrive: requeued dead letters, and replays into one group.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from typing import Any, Literal, NamedTuple, cast
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import redis
 
 from .codec import Codec, Envelope
 from .errors import ArgumentError, ConfigurationError, DecodingError, ValidationError
-from .event import Event
+from .event import Event, _current
 from .history import decoded, entries
 from .keyspace import dead_letter_key, retry_key
 from .recovery import parse_id, report_gap
+from .schema import validated
 from .stats import Stats, ThrottledLog, logger
+from .subscriber import call
 from .transport import NETWORK_ERRORS, Backoff
+
+if TYPE_CHECKING:
+    from .signals import Signal
 
 __all__ = [
     "DeadLetter",
@@ -612,3 +620,122 @@ def _groups_of(client: redis.Redis, stream: bytes) -> list[dict[str, Any]]:
         if "no such key" in str(exc):
             return []
         raise
+
+
+ConsumerFactory = Callable[[Group, Callable[[], Streams], Handler], GroupConsumer]
+"""Makes a group's consumer with this process's connections (the bus's, for one life)."""
+
+
+class Membership:
+    """This process's part in groups, for one bus: which signals each group reads here,
+    a consumer per group, and what a group's event does here (its receivers run).
+
+    The groups and their signals outlive a fork; the consumers belong to one process,
+    and :meth:`start_process_life` gives the new one its own.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        context: Callable[[Any], AbstractContextManager[object]] | None,
+    ) -> None:
+        self._prefix = prefix
+        self._context = context
+        self._groups: dict[str, Group] = {}
+        # group -> stream -> signals; replaced, never mutated, so consumers read it
+        # without a lock.
+        self._signals: dict[str, dict[bytes, tuple[Signal, ...]]] = {}
+
+    def start_process_life(self, token: bytes, make_consumer: ConsumerFactory) -> None:
+        """This process's identity and connections; consumers made from now on use them."""
+        self._lock = threading.Lock()
+        self._token = token
+        self._make_consumer = make_consumer
+        self._consumers: dict[str, GroupConsumer] = {}
+
+    def check(self, group: Group) -> None:
+        """Refuse ``group`` if this process set up a group of that name otherwise."""
+        known = self._groups.get(group.name)
+        if known is not None and known != group:
+            raise ConfigurationError(
+                f"group {group.name!r} is already set up in this process as {known}; "
+                "give every receiver of a group the same options"
+            )
+
+    def join(self, signal: Signal, group: Group, stream: bytes, timeout: float) -> None:
+        """Let this process handle ``group``'s share of ``signal``'s events, kept in
+        ``stream``, and of those given to the group again; waits up to ``timeout`` for
+        the group to be made."""
+        self.check(group)
+        streams = (stream, retry_key(self._prefix, signal.channel, group.name))
+        with self._lock:
+            self._groups[group.name] = group
+            by_stream = dict(self._signals.get(group.name, {}))
+            for key in streams:
+                if signal not in by_stream.get(key, ()):
+                    by_stream[key] = (*by_stream.get(key, ()), signal)
+            self._signals = {**self._signals, group.name: by_stream}
+        consumer = self._consumer(group)
+        route = Route(signal.channel, dead_letter_key(self._prefix, signal.channel, group.name))
+        consumer.prepare(dict.fromkeys(streams, route), timeout)
+        consumer.start()
+
+    def start(self) -> None:
+        """Start a consumer for every group joined (in a process just forked)."""
+        for group in list(self._groups.values()):
+            self._consumer(group).start()
+
+    def join_consumers(self, deadline: float) -> None:
+        """Wait, until ``deadline`` (a ``time.monotonic()``), for the consumers to stop."""
+        for consumer in list(self._consumers.values()):
+            consumer.join(max(0.0, deadline - time.monotonic()))
+
+    def _consumer(self, group: Group) -> GroupConsumer:
+        with self._lock:
+            consumer = self._consumers.get(group.name)
+            if consumer is None:
+                consumer = self._consumers[group.name] = self._make_consumer(
+                    group,
+                    functools.partial(self._streams, group.name),
+                    functools.partial(self._handle, group.name),
+                )
+            return consumer
+
+    def _streams(self, name: str) -> Streams:
+        """The streams ``name`` reads in this process, each with its channel and its
+        dead-letter stream."""
+        return {
+            stream: Route(
+                signals[0].channel, dead_letter_key(self._prefix, signals[0].channel, name)
+            )
+            for stream, signals in self._signals.get(name, {}).items()
+            if any(signal.has_group_receivers(name) for signal in signals)
+        }
+
+    def _handle(
+        self, name: str, stream: bytes, envelope: Envelope, entry_id: str, attempt: int
+    ) -> None:
+        """Run ``name``'s receivers for one event; what they raise is the event's failure.
+
+        A muted signal runs none, as for broadcast receivers: the event counts as
+        handled, acknowledged rather than tried again until it goes to dead letters.
+        """
+        signals = self._signals.get(name, {}).get(stream, ())
+        event = envelope._replace(stream_id=entry_id).event(
+            self._token, group=name, attempt=attempt
+        )
+        token = _current.set(event)
+        try:
+            context = self._context
+            with contextlib.nullcontext() if context is None else context(envelope.sender):
+                for signal in signals:
+                    if signal.channel == envelope.channel and not signal.is_muted:
+                        kwargs = envelope.kwargs
+                        if signal.schema is not None:
+                            kwargs = validated(signal.schema, signal.channel, kwargs)
+                        for receiver in signal.group_receivers_for(
+                            name, envelope.sender, replayed=envelope.replayed
+                        ):
+                            call(receiver, envelope.sender, kwargs)
+        finally:
+            _current.reset(token)
