@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from . import event as event_module
 from .codec import Codec, Envelope
@@ -56,7 +56,7 @@ _POLL = 0.25
 CATCH_UP = None
 """In place of a message: the channel was subscribed again after a reconnect."""
 
-Message = bytes | Subscribed | None
+Message: TypeAlias = bytes | Subscribed | None
 """What the reader hands the dispatcher: a message's bytes, or a marker."""
 
 

@@ -13,12 +13,15 @@ import importlib.metadata
 import inspect
 import socket
 import tomllib
+from collections.abc import Callable
 
 import blinker
 import pytest
 import redis
 from blinker import _utilities as blinker_utilities
 from packaging.requirements import Requirement
+
+from signalbus import Bus, __version__
 
 from .helpers import ROOT
 
@@ -88,3 +91,12 @@ def test_the_installed_dependencies_are_within_the_ranges_the_project_states(nam
     installed = importlib.metadata.version(name)
     assert requirement.specifier.contains(installed), f"{name} {installed} is outside {requirement}"
     assert any(spec.operator == "<" for spec in requirement.specifier), f"{requirement}: no bound"
+
+
+def test_a_bus_names_itself_to_the_server(make_bus: Callable[..., Bus]) -> None:
+    """Its connections say ``redis-py(signalbus_v...)`` (CLIENT SETINFO, Redis 7.2+), and
+    redis-py, told who it is, reads no package metadata for each connection."""
+    bus = make_bus()
+    connection = bus._commands.connection_pool.make_connection()
+    assert connection.driver_info.formatted_name == f"redis-py(signalbus_v{__version__})"
+    connection.disconnect()
