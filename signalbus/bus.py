@@ -547,6 +547,10 @@ class Bus:
 
         if isinstance(signal, Signal):
             raise ConfigurationError(f"{signal!r} is a signalbus signal already: no bridge needed")
+        if not isinstance(signal, blinker.Signal):
+            raise ConfigurationError(
+                f"bridge() takes a blinker signal (flask_login.user_logged_in, say), not {signal!r}"
+            )
         if self._closed:
             raise ConfigurationError("this bus is closed; make a new Bus to bridge signals")
         with self._bridging:  # one bridge per signal, whatever threads ask at once
@@ -573,7 +577,6 @@ class Bus:
 
     def join(self, signal: Signal, group: Group) -> None:
         """Let this process handle ``group``'s share of ``signal``'s events."""
-        self._membership.check(group)
         stream = self._kept(signal).stream_key  # raises if the signal keeps no history
         if not self._closed:
             self._membership.join(signal, group, stream, self.subscribe_timeout)
@@ -697,6 +700,8 @@ def _url_of(client: redis.Redis | None) -> str | None:
 _default: Bus | None = None  # the newest default bus: the one outside any chooser's say
 _defaults: tuple[Bus, ...] = ()
 _chooser: Callable[[], Bus | None] | None = None
+# Buses are closed, and made defaults, from any thread: the two tuples change together.
+_defaults_lock = threading.Lock()
 _unbound: weakref.WeakSet[Signal] = weakref.WeakSet()
 _live_buses: weakref.WeakSet[Bus] = weakref.WeakSet()
 
@@ -731,9 +736,10 @@ def add_default(bus: Bus) -> None:
     global _default, _defaults
     if bus.closed:
         raise ConfigurationError(f"{bus!r} is closed; it cannot be a default bus")
-    known = bus in _defaults
-    _defaults = (*(other for other in _defaults if other is not bus), bus)
-    _default = bus
+    with _defaults_lock:
+        known = bus in _defaults
+        _defaults = (*(other for other in _defaults if other is not bus), bus)
+        _default = bus
     if known:
         return
     unbound = list(_unbound)
@@ -746,8 +752,9 @@ def add_default(bus: Bus) -> None:
 
 def _remove_default(bus: Bus) -> None:
     global _default, _defaults
-    _defaults = tuple(other for other in _defaults if other is not bus)
-    _default = _defaults[-1] if _defaults else None
+    with _defaults_lock:
+        _defaults = tuple(other for other in _defaults if other is not bus)
+        _default = _defaults[-1] if _defaults else None
 
 
 def track_unbound(signal: Signal) -> None:
@@ -773,6 +780,8 @@ def configure(url: str | None = None, **options: Any) -> Bus:
 
 
 def _after_fork_in_child() -> None:
+    global _defaults_lock
+    _defaults_lock = threading.Lock()  # another thread may have held it at the fork
     for bus in list(_live_buses):
         guarded(bus._after_fork_in_child, "its receivers get no events from other processes")
 

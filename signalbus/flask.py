@@ -53,6 +53,7 @@ import weakref
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
+import blinker
 import click
 
 try:
@@ -67,6 +68,7 @@ except ModuleNotFoundError as missing:  # the extra was not installed
 from . import bus as bus_module
 from .bus import Bus, guarded, url_or_default
 from .cli import Settings, cli
+from .errors import ConfigurationError
 
 __all__ = ["SignalBus"]
 
@@ -123,16 +125,18 @@ class _SharedBus:
         return [app for app in (ref() for ref in self._apps) if app is not None]
 
     def add(self, app: flask.Flask) -> None:
-        """Let ``app`` use the bus: as a sender, with its types and bridges."""
+        """Let ``app`` use the bus: as a sender, with its types and bridges. A setting of
+        the wrong shape is refused before anything is done."""
+        types = _listed(app, "SIGNALBUS_TYPES", tuple, "(cls, encode, decode) tuples")
+        signals = _listed(app, "SIGNALBUS_BRIDGE", blinker.Signal, "blinker signals")
         self._apps = [weakref.ref(known) for known in self.apps() if known is not app]
         self._apps.append(weakref.ref(app))
         _app_buses[app] = self.bus
-        bus = self.bus
-        bus.register_sender(app, app.name)
-        for registration in app.config.get("SIGNALBUS_TYPES", ()):  # before anything arrives
-            bus.register_type(*registration)
-        for signal in app.config.get("SIGNALBUS_BRIDGE", ()):
-            bus.bridge(signal)
+        self.bus.register_sender(app, app.name)
+        for registration in types:  # before anything arrives
+            self.bus.register_type(*registration)
+        for signal in signals:
+            self.bus.bridge(signal)
 
     def _context(self, sender: Any) -> AbstractContextManager[object]:
         """Where a receiver of a remote event runs: in the app the event was sent as, if
@@ -164,6 +168,15 @@ def _shared_bus(url: str, options: dict[str, Any]) -> _SharedBus:
             shared.add(app)
         known.bus.close()
     return shared
+
+
+def _listed(app: flask.Flask, option: str, kind: type, what: str) -> list[Any]:
+    """``app.config[option]``, a list of ``kind``: one given alone (a signal, or one
+    ``(cls, encode, decode)`` where a list of them was meant) is refused, not taken apart."""
+    given = app.config.get(option, ())
+    if not isinstance(given, list | tuple) or not all(isinstance(i, kind) for i in given):
+        raise ConfigurationError(f"{option} must be a list of {what}, not {given!r}")
+    return list(given)
 
 
 def _close_unused() -> None:

@@ -653,20 +653,16 @@ class Membership:
         self._make_consumer = make_consumer
         self._consumers: dict[str, GroupConsumer] = {}
 
-    def check(self, group: Group) -> None:
-        """Refuse ``group`` if this process set up a group of that name otherwise."""
+    def join(self, signal: Signal, group: Group, stream: bytes, timeout: float) -> None:
+        """Let this process handle ``group``'s share of ``signal``'s events, kept in
+        ``stream``, and of those given to the group again; waits up to ``timeout`` for
+        the group to be made. A group of that name set up otherwise here is refused."""
         known = self._groups.get(group.name)
         if known is not None and known != group:
             raise ConfigurationError(
                 f"group {group.name!r} is already set up in this process as {known}; "
                 "give every receiver of a group the same options"
             )
-
-    def join(self, signal: Signal, group: Group, stream: bytes, timeout: float) -> None:
-        """Let this process handle ``group``'s share of ``signal``'s events, kept in
-        ``stream``, and of those given to the group again; waits up to ``timeout`` for
-        the group to be made."""
-        self.check(group)
         streams = (stream, retry_key(self._prefix, signal.channel, group.name))
         with self._lock:
             self._groups[group.name] = group

@@ -47,9 +47,10 @@ class JsonSchema:
         field = self._document.get("properties", {}).get(name)
         if field is None:
             return True
-        alone = {**self._document, "properties": {name: field}, "required": []}
-        alone.pop("additionalProperties", None)
-        return not JsonSchema(alone).problems({name: value})
+        try:  # the field's schema, its references read in the whole document
+            return bool(self._validator.evolve(schema=field).is_valid(value))
+        except referencing.exceptions.Unresolvable:  # a $ref outside the document
+            return True
 
 
 def _is_schema(document: Mapping[str, Any]) -> bool:

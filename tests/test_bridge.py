@@ -105,3 +105,9 @@ def test_bad_bridges_are_refused(make_bus: Callable[..., Bus]) -> None:
         bus.bridge(Namespace("auth", bus=bus).signal("logged-in"))
     with pytest.raises(ConfigurationError, match="not a channel name"):
         bus.bridge(plain, ".plain")
+
+
+def test_only_a_blinker_signal_is_bridged(make_bus: Callable[..., Bus]) -> None:
+    """A name where the signal was meant failed inside blinker, with an AttributeError."""
+    with pytest.raises(ConfigurationError, match="takes a blinker signal"):
+        make_bus().bridge("flask_login.user_logged_in")  # type: ignore[arg-type]

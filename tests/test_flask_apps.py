@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -370,3 +371,51 @@ def test_the_app_context_a_remote_receiver_runs_in_publishes_nothing(
             assert [sender for sender, _ in heard_elsewhere.wait(1)] == ["shop"]
     finally:
         flask.appcontext_pushed.disconnect(pushed)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("SIGNALBUS_BRIDGE", user_logged_in),  # one signal where a list was meant
+        ("SIGNALBUS_BRIDGE", "flask_login.user_logged_in"),
+        ("SIGNALBUS_TYPES", (BridgeUser, lambda user: user.id, BridgeUser)),  # one, unlisted
+    ],
+)
+def test_a_setting_of_the_wrong_shape_fails_init_app(
+    redis_url: str, prefix: str, option: str, value: Any
+) -> None:
+    """Taken apart, one signal raised blinker's TypeError, a str bridged each character,
+    and one registration registered its class's attributes."""
+    app = flask.Flask("shop")
+    app.config.update(SIGNALBUS_URL=redis_url, SIGNALBUS_PREFIX=prefix, **{option: value})
+    with pytest.raises(signalbus.ConfigurationError, match=f"{option} must be a list of"):
+        SignalBus(app)
+    assert "signalbus" not in app.extensions
+
+
+def test_closing_buses_from_many_threads_leaves_no_closed_default(
+    redis_url: str, prefix: str
+) -> None:
+    """Buses become defaults and close from any thread: the list of default buses is
+    read, changed and written back, and two threads at once could each write back a
+    list still holding the other's bus, closed; signals would then travel on it."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave as often as Python lets them
+    start = threading.Barrier(8)
+
+    def churn() -> None:
+        start.wait(5)
+        for _ in range(20):
+            bus = Bus(redis_url, prefix=prefix, catalog=False)
+            signalbus.bus.add_default(bus)
+            bus.close(timeout=1)
+
+    try:
+        threads = [threading.Thread(target=churn) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert [bus for bus in signalbus.bus.default_buses() if bus.closed] == []
