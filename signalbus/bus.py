@@ -203,7 +203,9 @@ class Bus:
         self._stats = Stats()
         log = self._log = ThrottledLog()
         self._publisher = Publisher(
-            PublishConnection(self.client, self._server, self._trim_warning),
+            PublishConnection(
+                self.client, self._server, epoch_key(self.prefix), self._trim_warning
+            ),
             stats=self._stats,
             log=log,
             **self._publisher_options,

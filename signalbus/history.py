@@ -94,17 +94,24 @@ def keep_for(prefix: str, channel: str, history: History | None) -> Keep | None:
     return Keep(stream_key(prefix, channel), b"%d" % history.max_count, age)
 
 
-# KEYS[1] is the epoch key, ARGV[1] a random value for it, if it is not there: the value
-# made is that, a colon, and the server's time in milliseconds, when the data began.
-EPOCH_SCRIPT = """
-local value = redis.call('GET', KEYS[1])
-if not value then
-  local now = redis.call('TIME')
-  value = ARGV[1] .. ':' .. now[1] .. string.format('%03d', math.floor(now[2] / 1000))
-  redis.call('SET', KEYS[1], value)
+# The data epoch, made if it is not there from ``random``: the value is that, a colon,
+# and the server's time in milliseconds, when the data began. Made by whoever comes
+# first: a subscriber, a catch-up, or the first event kept (so no stream can hold an
+# entry older than the epoch of the data it belongs to).
+_EPOCH = """
+local function epoch(key, random)
+  local value = redis.call('GET', key)
+  if not value then
+    local now = redis.call('TIME')
+    value = random .. ':' .. now[1] .. string.format('%03d', math.floor(now[2] / 1000))
+    redis.call('SET', key, value)
+  end
+  return value
 end
-return value
 """
+
+# KEYS[1] is the epoch key, ARGV[1] a random value for it.
+EPOCH_SCRIPT = _EPOCH + "return epoch(KEYS[1], ARGV[1])\n"
 
 
 def epoch_made(epoch: bytes) -> int | None:
@@ -115,9 +122,11 @@ def epoch_made(epoch: bytes) -> int | None:
 
 # KEYS are the streams of the batch. ARGV holds first what the script needs of the
 # wire layout (signalbus.wire.script_arguments: the signature's first byte, where the
-# array starts after a signature, the array head with the entry id appended); then,
-# per stream in KEYS order, its max count and max age in ms ("0": no age limit; the
-# script turns it into the oldest id to keep by the server's clock, which made the
+# array starts after a signature, the array head with the entry id appended); the
+# epoch key and a random value for it, should the data have none yet (not in KEYS: a
+# user whose ACL lacks it still publishes, as one who may not read it still receives);
+# then, per stream in KEYS order, its max count and max age in ms ("0": no age limit;
+# the script turns it into the oldest id to keep by the server's clock, which made the
 # ids); then, per event, its stream's index (0: not kept), its channel and its
 # envelope (signed or not). Errors are returned per event
 # (pcall), so one refused event never undoes or stops the others; an event whose
@@ -135,7 +144,9 @@ def epoch_made(epoch: bytes) -> int | None:
 # what was lost.
 # A trim that fails is a warning too: it must not pass unnoticed. Every warning starts
 # with "<stream key>: ".
-PUBLISH_SCRIPT = b"""
+PUBLISH_SCRIPT = (
+    _EPOCH.encode()
+    + b"""
 local HOLD = 10
 
 local function parse(id)
@@ -212,8 +223,9 @@ end
 
 local SIGNATURE, SIGNED_AT, KEPT = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local streams = #KEYS
+pcall(epoch, ARGV[4], ARGV[5])  -- before anything is kept in data that has none
 local out = {}
-for a = 2 * streams + 4, #ARGV, 3 do
+for a = 2 * streams + 6, #ARGV, 3 do
   local s, channel, event = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
   local result
   if s == 0 then
@@ -235,12 +247,13 @@ for a = 2 * streams + 4, #ARGV, 3 do
 end
 local warnings = {}
 for s = 1, streams do
-  local ok, warning = pcall(trim, KEYS[s], tonumber(ARGV[2 * s + 2]), min_id_for(ARGV[2 * s + 3]))
+  local ok, warning = pcall(trim, KEYS[s], tonumber(ARGV[2 * s + 4]), min_id_for(ARGV[2 * s + 5]))
   if not ok then warning = KEYS[s] .. ': trimming failed: ' .. tostring(warning) end
   if warning then warnings[#warnings + 1] = warning end
 end
 return {out, warnings}
 """
+)
 
 PUBLISH_SCRIPT_SHA = hashlib.sha1(PUBLISH_SCRIPT).hexdigest().encode()
 

@@ -334,10 +334,12 @@ class PublishConnection:
         self,
         client: redis.Redis,
         check: ServerCheck,
+        epoch_key: bytes,
         on_trim_warning: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._conn = _dedicated_connection(client, check)
         self.check = check
+        self._epoch = (epoch_key, os.urandom(8).hex().encode())  # its key, and a value
         self._on_trim_warning = on_trim_warning  # trimming dropped what a group needs, or failed
         self._script_loaded = False
         self._loads: deque[bool] = deque()  # per write, in order: did it load the script?
@@ -392,6 +394,7 @@ class PublishConnection:
             b"%d" % len(streams),
             *streams,
             *_LAYOUT,
+            *self._epoch,
             *retention,
         ]
         size = len(head) + 3 * len(events)

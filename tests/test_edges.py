@@ -416,3 +416,35 @@ def test_backoffs_that_start_together_do_not_wait_alike() -> None:
         top = min(0.05 * 2**step, 2.0)
         assert all(top / 2 <= delay <= top for delay in delays)
         assert len({round(delay, 6) for delay in delays}) > 40
+
+
+def test_a_loss_is_reported_when_the_first_event_after_it_is_kept_before_the_receiver_is_back(
+    own_server: RedisServer, prefix: str, gaps: list[dict[str, Any]]
+) -> None:
+    """As above, but an event is kept on the new, empty server while the receiver is
+    still cut off. The epoch was made only when the receiver asked for it, after that
+    event: the stream held an entry older than the data's epoch, which read as data
+    older than the subscription, and the 50 lost events went unreported."""
+    ledger = Ledger()
+    with (
+        Proxy(own_server.port) as proxy,
+        Bus(own_server.url, prefix=prefix) as sender_bus,
+        Bus(proxy.url, prefix=prefix, subscribe_timeout=0.5) as receiver_bus,
+    ):
+        signal = Namespace("auth", bus=sender_bus).signal("logged-in")
+        signal.send("web", n=-1)
+        assert sender_bus.flush(5)
+        proxy.cut()
+        Namespace("auth", bus=receiver_bus).signal("logged-in").connect(ledger.receiver)
+        for n in range(50):
+            signal.send("web", n=n)
+        assert sender_bus.flush(5)
+        own_server.stop()
+        own_server.start()  # empty: the 50 events are gone
+        signal.send("web", n=50)
+        wait_for(lambda: sender_bus.flush(1), timeout=20)  # kept before the receiver is back
+        proxy.heal()
+        wait_for(lambda: ledger.seen, timeout=20)
+        assert ledger.seen == [50]
+        wait_for(lambda: gaps, timeout=5)
+        assert receiver_bus.stats()["gaps"] == 1

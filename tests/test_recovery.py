@@ -304,9 +304,9 @@ def test_an_event_published_twice_is_delivered_once(
     )
     stream = f"{prefix}signalbus:history:{CHANNEL}"
     for _ in range(2):  # as a publisher retrying after a lost reply would
-        raw.eval(
-            PUBLISH_SCRIPT, 1, stream, *script_arguments(), 100, "0", 1, prefix + CHANNEL, data
-        )  # type: ignore[no-untyped-call]
+        epoch = (f"{prefix}signalbus:epoch", "random")
+        arguments = (*script_arguments(), *epoch, 100, "0", 1, prefix + CHANNEL, data)
+        raw.eval(PUBLISH_SCRIPT, 1, stream, *arguments)  # type: ignore[no-untyped-call]
     signal = Namespace("auth", bus=sender_bus).signal("logged-in")
     send(sender_bus, signal, range(1, 2))
     ledger.wait(2)
