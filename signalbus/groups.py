@@ -69,11 +69,13 @@ _ACK_DELAY = 0.002
 # ended): it is removed from the group, so the group's status lists live members.
 _GONE_AFTER = 3600.0
 # KEYS[1] is the stream, ARGV[1] the group, ARGV[2] how many milliseconds ago it was
-# asked for: the group is given what the stream got from then on, by the server's clock.
-_CREATE_SINCE = """
+# asked for: the group is made (ARGV[3] CREATE) or put back (SETID) to be given what the
+# stream got from then on, by the server's clock.
+_SINCE = """
 local now = redis.call('TIME')
-local since = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[2])
-return redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], since .. '-0', 'MKSTREAM')
+local since = (now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[2])) .. '-0'
+if ARGV[3] == 'SETID' then return redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], since) end
+return redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], since, 'MKSTREAM')
 """
 _MAX_ERRORS = 10_000  # last errors kept for dead letters, of events failing here
 
@@ -171,6 +173,7 @@ class GroupConsumer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._creating = threading.Lock()  # one creation at a time, and reads after it
 
     def start(self) -> None:
         with self._lock:
@@ -222,10 +225,12 @@ class GroupConsumer:
         with self._lock:
             for stream in streams:
                 self._asked.setdefault(stream, now)
+        waiting = threading.Event()  # set while connect() waits for the group
+        waiting.set()
 
         def create() -> None:
             try:
-                self._create_missing(streams)
+                self._create_missing(streams, waiting)
             except NETWORK_ERRORS as exc:
                 self._unreachable(exc)
             except Exception as exc:
@@ -236,6 +241,7 @@ class GroupConsumer:
         )
         creating.start()
         creating.join(timeout)
+        waiting.clear()
         if refused:
             raise refused[0]
 
@@ -244,32 +250,35 @@ class GroupConsumer:
             f"group:{self.group.name}", "group %r cannot reach Redis: %s", self.group.name, exc
         )
 
-    def _create_missing(self, streams: Streams) -> None:
-        with self._lock:  # the group's thread and a connect() may both be here
-            missing = streams.keys() - self._created
-        for stream in missing:
-            self._create(stream, "0" if self.group.start == "beginning" else None)
+    def _create_missing(self, streams: Streams, waiting: threading.Event | None = None) -> None:
+        """Create the group where it is missing; ``waiting`` is set while a connect()
+        waits for it. The group's thread waits here too: it reads once it is made."""
+        with self._creating:
+            with self._lock:
+                missing = streams.keys() - self._created
+            for stream in missing:
+                start = "0" if self.group.start == "beginning" else None
+                self._create(stream, start, waiting)
 
-    def _create(self, stream: bytes, start: str | None) -> bool:
+    def _create(
+        self, stream: bytes, start: str | None, waiting: threading.Event | None = None
+    ) -> bool:
         """Create the group on ``stream`` if it is not there; whether it was not.
 
-        ``start`` None is "now": from when ``connect()`` asked for it, by the server's
-        clock, so that a group made late (Redis was away) misses nothing sent since.
+        ``start`` None is "now": while connect() waits, from the stream's end when it is
+        made (what is sent once connect() returns comes after); made late (Redis away,
+        or slow), from when connect() asked, by the server's clock (a millisecond's
+        margin: an event sent just before may come too), so nothing sent since is missed.
         """
         try:
             if start is not None:
                 self._client.xgroup_create(stream, self.group.name, id=start, mkstream=True)
+            elif waiting is not None and waiting.is_set():
+                self._client.xgroup_create(stream, self.group.name, id="$", mkstream=True)
+                if not waiting.is_set():  # connect() returned before the group was there
+                    self._since_asked(stream, "SETID")
             else:
-                with self._lock:
-                    asked = self._asked.get(stream, time.monotonic())
-                elapsed = int(1000 * (time.monotonic() - asked)) + 1
-                try:
-                    self._client.eval(_CREATE_SINCE, 1, stream, self.group.name, elapsed)
-                except redis.ResponseError as exc:
-                    if "BUSYGROUP" in str(exc):
-                        raise
-                    # No scripting for this user (its ACL): from now, when it is made.
-                    self._client.xgroup_create(stream, self.group.name, id="$", mkstream=True)
+                self._since_asked(stream, "CREATE")
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -279,6 +288,21 @@ class GroupConsumer:
         with self._lock:
             self._created.add(stream)
         return created
+
+    def _since_asked(self, stream: bytes, how: Literal["CREATE", "SETID"]) -> None:
+        """Make the group (or put it back) to read ``stream`` from when connect() asked."""
+        with self._lock:
+            asked = self._asked.get(stream, time.monotonic())
+        elapsed = int(1000 * (time.monotonic() - asked)) + 1
+        try:
+            self._client.eval(_SINCE, 1, stream, self.group.name, elapsed, how)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                raise
+            # No scripting for this user (its ACL): from now, when it is made (a group
+            # made already stays where it was made).
+            if how == "CREATE":
+                self._client.xgroup_create(stream, self.group.name, id="$", mkstream=True)
 
     def _read_new(self, streams: Streams) -> None:
         """Handle what the group was not given yet; when there is nothing, wait for it."""
